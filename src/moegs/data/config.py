@@ -1,0 +1,34 @@
+"""Options shared by every scene loader (one dataclass for CLI and Python)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .scene import DEFAULT_CACHE_BYTES
+
+__all__ = ["DataConfig"]
+
+
+@dataclass
+class DataConfig:
+    """How to read a scene. ``None`` means "the format's own default"."""
+
+    # Format name (see ``moegs.data.FORMATS``); None detects it from the folder's files.
+    format: str | None = None
+    # Image downscale factor (2 halves width and height). None: the literature's
+    # default for the format (N3V 2 -> 1352x1014, D-NeRF 2 -> 400x400, others 1).
+    downscale: float | None = None
+    # Keep every k-th frame in time.
+    frame_step: int = 1
+    # Keep at most this many frames (after frame_step); None keeps all.
+    max_frames: int | None = None
+    # Byte budget of the decoded-frame cache.
+    cache_bytes: int = DEFAULT_CACHE_BYTES
+    # Composite RGBA images over white (True) or black (False); None: format default.
+    white_background: bool | None = None
+    # Physical camera ids held out for testing; None: format default (N3V: cam00).
+    test_cameras: tuple[int, ...] | None = None
+    # Number of random initial points when the data has no point cloud.
+    num_random_points: int = 100_000
+    # Seed for anything random a loader does (point sampling).
+    seed: int = 0

@@ -1,0 +1,119 @@
+"""Gaussians as a ``ParameterDict`` (every per-Gaussian tensor has the same first dim ``N``).
+
+Densification ops (``moegs.train.ops``) act on every entry of the dict, so any
+per-Gaussian state an expert adds (embeddings, motion coefficients, gate
+logits) follows clone/split/prune without special code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .cameras import Camera
+from .render import Backend, RenderOutput, num_sh_bases, rasterize, rgb_to_sh0
+
+__all__ = ["GaussianSet", "init_splats", "knn_mean_distance", "concat_sets"]
+
+
+@dataclass
+class GaussianSet:
+    """The Gaussians an expert presents to the rasterizer at one time.
+
+    Attributes:
+        means: ``[N, 3]``; quats: ``[N, 4]``; log_scales: ``[N, 3]``; opacity_logits: ``[N]``.
+        colors: ``[N, K, 3]`` SH coefficients or ``[N, 3]`` RGB.
+        sh_degree: SH degree to evaluate (ignored for RGB).
+    """
+
+    means: Tensor
+    quats: Tensor
+    log_scales: Tensor
+    opacity_logits: Tensor
+    colors: Tensor
+    sh_degree: int = 0
+
+    def __len__(self) -> int:
+        return self.means.shape[0]
+
+    def render(self, camera: Camera, *, extras: Tensor | None = None, background: Tensor | None = None,
+               backend: Backend = "auto") -> RenderOutput:
+        """Rasterize into ``camera``; ``extras`` ``[N, C]`` are splatted like colour."""
+        colors = self.colors
+        if colors.dim() == 3:  # only the bands of the current degree
+            colors = colors[:, : num_sh_bases(self.sh_degree)]
+        return rasterize(self.means, self.quats, self.log_scales, self.opacity_logits, colors, camera,
+                         sh_degree=self.sh_degree if colors.dim() == 3 else None, extras=extras,
+                         background=background, backend=backend)
+
+
+def concat_sets(sets: list[GaussianSet]) -> GaussianSet:
+    """One set holding all of ``sets`` (for rendering several experts in one rasterizer pass).
+
+    SH coefficients are padded with zeros to the largest ``K``; the degree is the largest.
+    """
+    k = max(s.colors.shape[1] if s.colors.dim() == 3 else 1 for s in sets)
+
+    def as_sh(s: GaussianSet) -> Tensor:
+        c = s.colors if s.colors.dim() == 3 else rgb_to_sh0(s.colors)[:, None]
+        return torch.cat((c, c.new_zeros(c.shape[0], k - c.shape[1], 3)), dim=1)
+
+    return GaussianSet(
+        means=torch.cat([s.means for s in sets]),
+        quats=torch.cat([s.quats for s in sets]),
+        log_scales=torch.cat([s.log_scales for s in sets]),
+        opacity_logits=torch.cat([s.opacity_logits for s in sets]),
+        colors=torch.cat([as_sh(s) for s in sets]),
+        sh_degree=max(s.sh_degree for s in sets),
+    )
+
+
+@torch.no_grad()
+def knn_mean_distance(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
+    """``[M]`` mean distance of each point to its ``k`` nearest neighbours (chunked, exact)."""
+    M = points.shape[0]
+    if M <= 1:
+        return points.new_ones(M)
+    k = min(k, M - 1)
+    out = []
+    for i in range(0, M, chunk):
+        d = torch.cdist(points[i : i + chunk], points)
+        d[torch.arange(d.shape[0]), torch.arange(i, i + d.shape[0])] = float("inf")
+        out.append(d.topk(k, largest=False).values.mean(-1))
+    return torch.cat(out)
+
+
+def init_splats(points: Tensor, colors: Tensor, *, sh_degree: int = 3, init_opacity: float = 0.1,
+                init_scale: float = 1.0, max_points: int | None = None, generator: torch.Generator | None = None,
+                ) -> nn.ParameterDict:
+    """Gaussians at ``points`` (``[M, 3]``) with colours ``colors`` (``[M, 3]`` in ``[0, 1]``), as 3DGS initialises them.
+
+    Scales are isotropic, the mean distance to the 3 nearest neighbours times
+    ``init_scale``; rotations identity; opacity ``init_opacity``; higher SH bands zero.
+
+    Returns:
+        ParameterDict with ``means [N,3]``, ``quats [N,4]``, ``scales [N,3]`` (log), ``opacities [N]``
+        (logits), ``sh0 [N,1,3]``, ``shN [N,K-1,3]``.
+    """
+    if points.shape[0] == 0:
+        raise ValueError("cannot initialise Gaussians from an empty point cloud")
+    if max_points is not None and points.shape[0] > max_points:
+        idx = torch.randperm(points.shape[0], generator=generator)[:max_points]
+        points, colors = points[idx], colors[idx]
+    points, colors = points.float(), colors.float()
+    N = points.shape[0]
+    dist = knn_mean_distance(points).clamp_min(1e-7)
+    K = num_sh_bases(sh_degree)
+    quats = torch.zeros(N, 4)
+    quats[:, 0] = 1.0
+    return nn.ParameterDict({
+        "means": nn.Parameter(points.clone()),
+        "quats": nn.Parameter(quats),
+        "scales": nn.Parameter(torch.log(dist * init_scale)[:, None].repeat(1, 3)),
+        "opacities": nn.Parameter(torch.full((N,), math.log(init_opacity / (1 - init_opacity)))),
+        "sh0": nn.Parameter(rgb_to_sh0(colors)[:, None, :]),
+        "shN": nn.Parameter(torch.zeros(N, K - 1, 3)),
+    })

@@ -1,0 +1,167 @@
+"""Differentiable Gaussian rasterization: one function, three backends.
+
+``rasterize`` projects Gaussians into a camera (EWA splatting), evaluates
+their colour (SH or given), bins them into 16x16 tiles and alpha-composites
+colour, depth and any number of extra per-Gaussian channels with the same
+weights. Backends:
+
+- ``"cpu"``: compiled C++/OpenMP compositing with a hand-written backward
+  (built on first use, cached);
+- ``"torch"``: the pure-PyTorch reference, autograd backward (the tests' oracle);
+- ``"cuda"``: gsplat's CUDA kernels, for tensors on a GPU (``pip install moegs[cuda]``).
+
+``"auto"`` picks ``cuda`` for GPU tensors and ``cpu`` otherwise.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..cameras import Camera
+from ._torch_impl import composite_torch
+from .projection import TILE_SIZE, Projected, bin_gaussians, project_gaussians, quat_to_rotmat
+from .sh import eval_sh, num_sh_bases, rgb_to_sh0, sh0_to_rgb
+
+__all__ = [
+    "Backend",
+    "RenderOutput",
+    "rasterize",
+    "resolve_backend",
+    "project_gaussians",
+    "bin_gaussians",
+    "quat_to_rotmat",
+    "eval_sh",
+    "num_sh_bases",
+    "rgb_to_sh0",
+    "sh0_to_rgb",
+    "TILE_SIZE",
+]
+
+Backend = Literal["auto", "cpu", "torch", "cuda"]
+_BACKENDS = ("auto", "cpu", "torch", "cuda")
+
+
+@dataclass
+class RenderOutput:
+    """What ``rasterize`` returns.
+
+    Attributes:
+        color: ``[H, W, 3]`` colour over the background.
+        alpha: ``[H, W]`` accumulated opacity.
+        depth: ``[H, W]`` expected depth (alpha-weighted camera z divided by alpha; 0 where empty).
+        extras: ``[H, W, C]`` extra channels composited with the colour's weights (no background).
+        meta: intermediates for strategies and losses: ``means2d`` ``[N, 2]`` (its ``.grad``
+            after backward is the screen-space gradient used by densification), ``radii`` ``[N]``,
+            ``depths`` ``[N]``, ``width``, ``height``, ``backend``.
+    """
+
+    color: Tensor
+    alpha: Tensor
+    depth: Tensor
+    extras: Tensor
+    meta: dict = field(default_factory=dict)
+
+
+def resolve_backend(backend: Backend, device: torch.device) -> str:
+    """The concrete backend ``"auto"`` stands for on ``device``."""
+    if backend not in _BACKENDS:
+        raise ValueError(f"unknown rasterizer backend {backend!r}; choose from {', '.join(_BACKENDS)}")
+    if backend != "auto":
+        if backend == "cuda" and device.type != "cuda":
+            raise ValueError("the cuda backend needs tensors on a CUDA device")
+        if backend in ("cpu", "torch") and device.type != "cpu":
+            raise ValueError(f"the {backend} backend needs tensors on the CPU")
+        return backend
+    if device.type == "cuda":
+        return "cuda"
+    from . import _cpu
+
+    if _cpu.available():
+        return "cpu"
+    warnings.warn(f"moegs: the compiled CPU rasterizer is unavailable ({_cpu.build_error()}); using the slower torch backend")
+    return "torch"
+
+
+def rasterize(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    log_scales: Tensor,  # [N, 3]
+    opacity_logits: Tensor,  # [N]
+    colors: Tensor,  # [N, 3] or [N, K, 3] SH coefficients
+    camera: Camera,
+    *,
+    sh_degree: int | None = None,
+    extras: Tensor | None = None,  # [N, C]
+    background: Tensor | None = None,  # [3]
+    backend: Backend = "auto",
+) -> RenderOutput:
+    """Render Gaussians into ``camera``.
+
+    Args:
+        means: ``[N, 3]`` centres (world).
+        quats: ``[N, 4]`` rotations as (w, x, y, z) quaternions (normalised internally).
+        log_scales: ``[N, 3]`` log standard deviations.
+        opacity_logits: ``[N]`` opacities before the sigmoid.
+        colors: ``[N, 3]`` RGB, or ``[N, K, 3]`` SH coefficients (3DGS basis, colour = SH + 0.5, clamped at 0).
+        camera: pinhole camera (OpenCV convention).
+        sh_degree: SH degree to evaluate (default: the highest ``K`` holds).
+        extras: ``[N, C]`` extra per-Gaussian channels, composited like colour.
+        background: ``[3]`` colour behind the Gaussians (default black).
+        backend: ``"auto"``, ``"cpu"``, ``"torch"`` or ``"cuda"``.
+
+    Returns:
+        :class:`RenderOutput`; every output is differentiable w.r.t. every input tensor.
+    """
+    N = means.shape[0]
+    if means.shape != (N, 3) or quats.shape != (N, 4) or log_scales.shape != (N, 3) or opacity_logits.shape != (N,):
+        raise ValueError(
+            f"shape mismatch: means {tuple(means.shape)}, quats {tuple(quats.shape)}, "
+            f"log_scales {tuple(log_scales.shape)}, opacity_logits {tuple(opacity_logits.shape)} (want N x 3/4/3, N)"
+        )
+    if colors.shape[0] != N or colors.shape[-1] != 3 or colors.dim() not in (2, 3):
+        raise ValueError(f"colors must be [N, 3] or [N, K, 3], got {tuple(colors.shape)}")
+    if extras is None:
+        extras = means.new_zeros(N, 0)
+    if extras.dim() != 2 or extras.shape[0] != N:
+        raise ValueError(f"extras must be [N, C], got {tuple(extras.shape)}")
+    name = resolve_backend(backend, means.device)
+
+    if colors.dim() == 3:
+        degree = sh_degree if sh_degree is not None else int(round(colors.shape[1] ** 0.5)) - 1
+        dirs = F.normalize(means - camera.center.to(means), dim=-1)
+        rgb = (eval_sh(degree, colors, dirs) + 0.5).clamp_min(0.0)
+    else:
+        rgb = colors
+    opac = torch.sigmoid(opacity_logits)
+    bg = means.new_zeros(3) if background is None else background.to(means)
+
+    if name == "cuda":
+        from ._cuda import rasterize_cuda
+
+        feats, alpha, depth_acc, means2d, radii, depths = rasterize_cuda(means, quats, log_scales, opac, rgb, extras, camera)
+    else:
+        proj = project_gaussians(means, quats, log_scales, camera)
+        means2d, radii, depths = proj.means2d, proj.radii, proj.depths
+        bins = bin_gaussians(means2d, radii, depths, camera.width, camera.height)
+        features = torch.cat((rgb, depths[:, None], extras), dim=-1)
+        if name == "torch":
+            out, alpha = composite_torch(means2d, proj.conics, opac, features, bins, camera.width, camera.height)
+        else:
+            from ._cpu import composite_cpu
+
+            out, alpha = composite_cpu(means2d, proj.conics, opac, features, bins, camera.width, camera.height)
+        feats = torch.cat((out[..., :3], out[..., 4:]), dim=-1)
+        depth_acc = out[..., 3]
+    if means2d.requires_grad:
+        means2d.retain_grad()
+    color = feats[..., :3] + (1.0 - alpha)[..., None] * bg
+    depth = torch.where(alpha > 1e-6, depth_acc / alpha.clamp_min(1e-6), torch.zeros_like(depth_acc))
+    meta = {"means2d": means2d, "radii": radii, "depths": depths, "width": camera.width, "height": camera.height,
+            "backend": name}
+    return RenderOutput(color=color, alpha=alpha, depth=depth, extras=feats[..., 3:], meta=meta)

@@ -1,0 +1,428 @@
+// CPU implementation of tile-based alpha compositing (forward and hand-written backward).
+//
+// Semantics are those of the pure-PyTorch reference (moegs/render/_torch_impl.py)
+// and of the 3DGS tile rasterizer: pixel centres at integer + 0.5, per-tile
+// front-to-back lists, power = -0.5 (a dx^2 + c dy^2) - b dx dy, skipped when
+// positive, alpha = min(0.99, opacity exp(power)), skipped below 1/255, and a
+// pixel stops at the first Gaussian that would bring its transmittance below
+// 1e-4 (that Gaussian is not included).
+//
+// Parallelism: OpenMP over tiles (dynamic schedule). Each tile's Gaussians are
+// first copied into contiguous per-thread arrays; each row of a tile is then
+// processed 16 pixels at a time as SIMD lanes. The backward writes gradients
+// per (tile, Gaussian) pair - every pair belongs to exactly one tile, so no two
+// threads write the same slot - and a final serial pass adds the pairs of each
+// Gaussian in a fixed order (deterministic, no atomics).
+#include <omp.h>
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "composite.h"
+
+namespace {
+
+constexpr int kLanes = 16;  // pixels of a tile row composited together
+
+template <typename scalar_t>
+struct Limits {
+  static constexpr scalar_t kAlphaMin = scalar_t(1.0 / 255.0);
+  static constexpr scalar_t kAlphaMax = scalar_t(0.99);
+  static constexpr scalar_t kTMin = scalar_t(1e-4);
+};
+
+// exp(x) for x <= 0. float: Cephes-style range reduction and degree-6
+// polynomial (about 1 ulp), written so that it vectorises; double: std::exp.
+inline float ExpNonPositive(float x) {
+  x = std::max(x, -87.0f);
+  const float n = std::floor(x * 1.44269504088896341f + 0.5f);
+  float r = x - n * 0.693359375f;
+  r = r + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline double ExpNonPositive(double x) {
+  return std::exp(x);
+}
+
+// One tile's Gaussians packed contiguously, plus the tile-local rows each can
+// reach with alpha >= 1/255 (rows outside [row_lo, row_hi] are skipped; a
+// Gaussian with row_lo > row_hi misses the tile).
+template <typename scalar_t>
+struct TileGaussians {
+  int n = 0;
+  std::vector<scalar_t> mx, my, ca, cb, cc, op, feat;
+  std::vector<int> row_lo, row_hi;
+
+  void Load(const scalar_t* means2d, const scalar_t* conics, const scalar_t* opacities, const scalar_t* features,
+            const int64_t* ids, int count, int D, int ox, int oy, int tile_size) {
+    n = count;
+    for (auto* v : {&mx, &my, &ca, &cb, &cc, &op}) {
+      v->resize(count);
+    }
+    feat.resize(static_cast<size_t>(count) * D);
+    row_lo.resize(count);
+    row_hi.resize(count);
+    for (int i = 0; i < count; ++i) {
+      const int64_t g = ids[i];
+      mx[i] = means2d[2 * g];
+      my[i] = means2d[2 * g + 1];
+      ca[i] = conics[3 * g];
+      cb[i] = conics[3 * g + 1];
+      cc[i] = conics[3 * g + 2];
+      op[i] = opacities[g];
+      std::copy(features + g * D, features + (g + 1) * D, feat.begin() + static_cast<size_t>(i) * D);
+      ReachableRows(i, ox, oy, tile_size);
+    }
+  }
+
+  // Bounding box of the ellipse where opacity exp(power) >= 1/255:
+  // max over dx of power at offset dy is -0.5 dy^2 det / a, so |dy| <= sqrt(2 L a / det)
+  // with L = log(255 opacity); likewise |dx| <= sqrt(2 L c / det). L is enlarged by 1 so
+  // that rounding in the per-pixel float evaluation can never reach past the box.
+  void ReachableRows(int i, int ox, int oy, int tile_size) {
+    const double a = ca[i], b = cb[i], c = cc[i], o = op[i];
+    const double x = mx[i], y = my[i];
+    row_lo[i] = 0;
+    row_hi[i] = tile_size - 1;
+    if (o < (1.0 / 255.0) * (1.0 - 1e-5)) {  // never reaches 1/255 (also catches NaN-free tiny values)
+      row_lo[i] = 1;
+      row_hi[i] = 0;
+      return;
+    }
+    const double det = a * c - b * b;
+    if (!(det > 0.0 && a > 0.0 && c > 0.0) || !std::isfinite(det) || !std::isfinite(x) || !std::isfinite(y)) {
+      return;  // not positive definite or not finite: no culling, evaluate every pixel
+    }
+    const double L = std::max(std::log(255.0 * o), 0.0) + 1.0;
+    const double ey = std::sqrt(2.0 * L * a / det);
+    const double ex = std::sqrt(2.0 * L * c / det);
+    const double hi_bound = tile_size + 1.0;
+    const double rlo = std::clamp(std::ceil(y - ey - oy - 0.5), -1.0, hi_bound);
+    const double rhi = std::clamp(std::floor(y + ey - oy - 0.5), -1.0, hi_bound);
+    const double clo = std::clamp(std::ceil(x - ex - ox - 0.5), -1.0, hi_bound);
+    const double chi = std::clamp(std::floor(x + ex - ox - 0.5), -1.0, hi_bound);
+    if (chi < 0.0 || clo > tile_size - 1.0) {
+      row_lo[i] = 1;
+      row_hi[i] = 0;
+      return;
+    }
+    row_lo[i] = static_cast<int>(std::max(rlo, 0.0));
+    row_hi[i] = static_cast<int>(std::min(rhi, tile_size - 1.0));
+  }
+};
+
+template <typename scalar_t>
+void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar_t* opacities,
+                   const scalar_t* features, const int64_t* offsets, const int64_t* flatten_ids, int D, int W, int H,
+                   int tiles_x, int tiles_y, int ts, scalar_t* out, scalar_t* alpha_img, scalar_t* final_T,
+                   int32_t* last_img) {
+  using Lim = Limits<scalar_t>;
+  const int n_tiles = tiles_x * tiles_y;
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    TileGaussians<scalar_t> tg;
+    std::vector<scalar_t> acc(static_cast<size_t>(D) * kLanes);
+#pragma omp for schedule(dynamic, 1)
+    for (int tile = 0; tile < n_tiles; ++tile) {
+      const int ox = (tile % tiles_x) * ts, oy = (tile / tiles_x) * ts;
+      const int64_t start = offsets[tile];
+      const int count = static_cast<int>(offsets[tile + 1] - start);
+      tg.Load(means2d, conics, opacities, features, flatten_ids + start, count, D, ox, oy, ts);
+      for (int r = 0; r < ts && oy + r < H; ++r) {
+        const int y = oy + r;
+        const scalar_t pyc = scalar_t(y) + scalar_t(0.5);
+        for (int c0 = 0; c0 < ts && ox + c0 < W; c0 += kLanes) {
+          const int x0 = ox + c0;
+          const int nl = std::min({kLanes, ts - c0, W - x0});
+          scalar_t px[kLanes], T[kLanes], asum[kLanes], w[kLanes];
+          int32_t active[kLanes], last[kLanes];
+          for (int l = 0; l < kLanes; ++l) {
+            px[l] = scalar_t(x0 + l) + scalar_t(0.5);
+            T[l] = scalar_t(1);
+            asum[l] = scalar_t(0);
+            active[l] = l < nl;
+            last[l] = 0;
+          }
+          std::fill(acc.begin(), acc.end(), scalar_t(0));
+          for (int i = 0; i < tg.n; ++i) {
+            if (r < tg.row_lo[i] || r > tg.row_hi[i]) {
+              continue;
+            }
+            const scalar_t gx = tg.mx[i], gy = tg.my[i], a = tg.ca[i], b = tg.cb[i], c = tg.cc[i], o = tg.op[i];
+            int n_active = 0;
+#pragma omp simd reduction(+ : n_active)
+            for (int l = 0; l < kLanes; ++l) {
+              const scalar_t dx = px[l] - gx, dy = pyc - gy;
+              const scalar_t power = scalar_t(-0.5) * (a * dx * dx + c * dy * dy) - b * dx * dy;
+              const scalar_t alpha = std::min(Lim::kAlphaMax, o * ExpNonPositive(std::min(power, scalar_t(0))));
+              const bool ok = active[l] && power <= scalar_t(0) && alpha >= Lim::kAlphaMin;
+              const scalar_t test_T = T[l] * (scalar_t(1) - alpha);
+              const bool stop = ok && test_T < Lim::kTMin;
+              const bool use = ok && !stop;
+              w[l] = use ? alpha * T[l] : scalar_t(0);
+              asum[l] += w[l];
+              T[l] = use ? test_T : T[l];
+              last[l] = use ? i + 1 : last[l];
+              active[l] = stop ? 0 : active[l];
+              n_active += active[l];
+            }
+            const scalar_t* f = tg.feat.data() + static_cast<size_t>(i) * D;
+            for (int d = 0; d < D; ++d) {
+              const scalar_t fd = f[d];
+              scalar_t* ad = acc.data() + d * kLanes;
+#pragma omp simd
+              for (int l = 0; l < kLanes; ++l) {
+                ad[l] += w[l] * fd;
+              }
+            }
+            if (n_active == 0) {
+              break;
+            }
+          }
+          for (int l = 0; l < nl; ++l) {
+            const int64_t pix = static_cast<int64_t>(y) * W + x0 + l;
+            for (int d = 0; d < D; ++d) {
+              out[pix * D + d] = acc[d * kLanes + l];
+            }
+            alpha_img[pix] = asum[l];
+            final_T[pix] = T[l];
+            last_img[pix] = last[l];
+          }
+        }
+      }
+    }
+  }
+}
+
+// Pair gradient layout: [mean x, mean y, conic a, conic b, conic c, opacity, features...].
+constexpr int kPairFixed = 6;
+
+template <typename scalar_t>
+void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar_t* opacities,
+                    const scalar_t* features, const int64_t* offsets, const int64_t* flatten_ids,
+                    const scalar_t* final_T, const int32_t* last_img, const scalar_t* grad_out,
+                    const scalar_t* grad_alpha, int D, int W, int H, int tiles_x, int tiles_y, int ts,
+                    scalar_t* pair_grads) {
+  using Lim = Limits<scalar_t>;
+  const int n_tiles = tiles_x * tiles_y;
+  const int K = kPairFixed + D;
+#pragma omp parallel num_threads(at::get_num_threads())
+  {
+    TileGaussians<scalar_t> tg;
+    // Per lane: upstream gradient, running "colour behind" (accum) and the
+    // features of the previously visited (next in front-to-back order) Gaussian.
+    std::vector<scalar_t> g_out(static_cast<size_t>(D) * kLanes), accum(static_cast<size_t>(D) * kLanes),
+        last_f(static_cast<size_t>(D) * kLanes);
+#pragma omp for schedule(dynamic, 1)
+    for (int tile = 0; tile < n_tiles; ++tile) {
+      const int ox = (tile % tiles_x) * ts, oy = (tile / tiles_x) * ts;
+      const int64_t start = offsets[tile];
+      const int count = static_cast<int>(offsets[tile + 1] - start);
+      if (count == 0) {
+        continue;
+      }
+      tg.Load(means2d, conics, opacities, features, flatten_ids + start, count, D, ox, oy, ts);
+      scalar_t* tile_grads = pair_grads + start * K;
+      for (int r = 0; r < ts && oy + r < H; ++r) {
+        const int y = oy + r;
+        const scalar_t pyc = scalar_t(y) + scalar_t(0.5);
+        for (int c0 = 0; c0 < ts && ox + c0 < W; c0 += kLanes) {
+          const int x0 = ox + c0;
+          const int nl = std::min({kLanes, ts - c0, W - x0});
+          scalar_t px[kLanes], T[kLanes], g_a[kLanes], accum_a[kLanes], last_alpha[kLanes];
+          scalar_t ok_v[kLanes], alpha_v[kLanes], w[kLanes], dl_dalpha[kLanes];
+          int32_t last[kLanes];
+          int max_last = 0;
+          for (int l = 0; l < kLanes; ++l) {
+            const bool in = l < nl;
+            const int64_t pix = static_cast<int64_t>(y) * W + x0 + (in ? l : 0);
+            px[l] = scalar_t(x0 + l) + scalar_t(0.5);
+            T[l] = in ? final_T[pix] : scalar_t(1);
+            last[l] = in ? last_img[pix] : 0;
+            g_a[l] = in ? grad_alpha[pix] : scalar_t(0);
+            accum_a[l] = scalar_t(0);
+            last_alpha[l] = scalar_t(0);
+            for (int d = 0; d < D; ++d) {
+              g_out[d * kLanes + l] = in ? grad_out[pix * D + d] : scalar_t(0);
+              accum[d * kLanes + l] = scalar_t(0);
+              last_f[d * kLanes + l] = scalar_t(0);
+            }
+            max_last = std::max(max_last, last[l]);
+          }
+          for (int i = max_last - 1; i >= 0; --i) {
+            if (r < tg.row_lo[i] || r > tg.row_hi[i]) {
+              continue;
+            }
+            const scalar_t gx = tg.mx[i], gy = tg.my[i], a = tg.ca[i], b = tg.cb[i], c = tg.cc[i], o = tg.op[i];
+            scalar_t g_mx = 0, g_my = 0, g_a_con = 0, g_b_con = 0, g_c_con = 0, g_op = 0;
+            int n_ok = 0;
+#pragma omp simd reduction(+ : n_ok)
+            for (int l = 0; l < kLanes; ++l) {
+              const scalar_t dx = px[l] - gx, dy = pyc - gy;
+              const scalar_t power = scalar_t(-0.5) * (a * dx * dx + c * dy * dy) - b * dx * dy;
+              const scalar_t alpha = std::min(Lim::kAlphaMax, o * ExpNonPositive(std::min(power, scalar_t(0))));
+              const bool ok = i < last[l] && power <= scalar_t(0) && alpha >= Lim::kAlphaMin;
+              T[l] = ok ? T[l] / (scalar_t(1) - alpha) : T[l];  // transmittance in front of Gaussian i
+              ok_v[l] = ok ? scalar_t(1) : scalar_t(0);
+              alpha_v[l] = alpha;
+              w[l] = ok ? alpha * T[l] : scalar_t(0);
+              // The alpha image is the composite of a constant feature 1.
+              accum_a[l] = ok ? last_alpha[l] + (scalar_t(1) - last_alpha[l]) * accum_a[l] : accum_a[l];
+              dl_dalpha[l] = ok ? (scalar_t(1) - accum_a[l]) * g_a[l] : scalar_t(0);
+              n_ok += ok;
+            }
+            if (n_ok == 0) {
+              continue;
+            }
+            const scalar_t* f = tg.feat.data() + static_cast<size_t>(i) * D;
+            scalar_t* pg = tile_grads + static_cast<int64_t>(i) * K;
+            for (int d = 0; d < D; ++d) {
+              const scalar_t fd = f[d];
+              scalar_t* acc_d = accum.data() + d * kLanes;
+              scalar_t* lf_d = last_f.data() + d * kLanes;
+              const scalar_t* go_d = g_out.data() + d * kLanes;
+              scalar_t g_f = 0;
+#pragma omp simd reduction(+ : g_f)
+              for (int l = 0; l < kLanes; ++l) {
+                const bool ok = ok_v[l] != scalar_t(0);
+                acc_d[l] = ok ? last_alpha[l] * lf_d[l] + (scalar_t(1) - last_alpha[l]) * acc_d[l] : acc_d[l];
+                lf_d[l] = ok ? fd : lf_d[l];
+                dl_dalpha[l] += ok ? (fd - acc_d[l]) * go_d[l] : scalar_t(0);
+                g_f += w[l] * go_d[l];
+              }
+              pg[kPairFixed + d] += g_f;
+            }
+#pragma omp simd reduction(+ : g_mx, g_my, g_a_con, g_b_con, g_c_con, g_op)
+            for (int l = 0; l < kLanes; ++l) {
+              const bool ok = ok_v[l] != scalar_t(0);
+              const scalar_t dx = px[l] - gx, dy = pyc - gy;
+              const scalar_t power = scalar_t(-0.5) * (a * dx * dx + c * dy * dy) - b * dx * dy;
+              const scalar_t G = ExpNonPositive(std::min(power, scalar_t(0)));
+              const scalar_t dl_da = dl_dalpha[l] * T[l];
+              last_alpha[l] = ok ? alpha_v[l] : last_alpha[l];
+              // alpha = min(0.99, o G): no gradient through the clamp.
+              const bool pass = ok && o * G <= Lim::kAlphaMax;
+              const scalar_t dl_dpower = pass ? o * G * dl_da : scalar_t(0);
+              g_op += pass ? G * dl_da : scalar_t(0);
+              g_mx += dl_dpower * (a * dx + b * dy);
+              g_my += dl_dpower * (b * dx + c * dy);
+              g_a_con += scalar_t(-0.5) * dx * dx * dl_dpower;
+              g_b_con += -dx * dy * dl_dpower;
+              g_c_con += scalar_t(-0.5) * dy * dy * dl_dpower;
+            }
+            pg[0] += g_mx;
+            pg[1] += g_my;
+            pg[2] += g_a_con;
+            pg[3] += g_b_con;
+            pg[4] += g_c_con;
+            pg[5] += g_op;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwardCpu(
+    const at::Tensor& means2d,
+    const at::Tensor& conics,
+    const at::Tensor& opacities,
+    const at::Tensor& features,
+    const at::Tensor& offsets,
+    const at::Tensor& flatten_ids,
+    int64_t width,
+    int64_t height,
+    int64_t tiles_x,
+    int64_t tiles_y,
+    int64_t tile_size) {
+  const int64_t D = features.size(1);
+  auto out = at::zeros({height, width, D}, features.options());
+  auto alpha = at::zeros({height, width}, features.options());
+  auto final_T = at::ones({height, width}, features.options());
+  auto last = at::zeros({height, width}, features.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "composite_forward_cpu", [&] {
+    ForwardKernel<scalar_t>(means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
+                            opacities.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(),
+                            offsets.data_ptr<int64_t>(), flatten_ids.data_ptr<int64_t>(), static_cast<int>(D),
+                            static_cast<int>(width), static_cast<int>(height), static_cast<int>(tiles_x),
+                            static_cast<int>(tiles_y), static_cast<int>(tile_size), out.data_ptr<scalar_t>(),
+                            alpha.data_ptr<scalar_t>(), final_T.data_ptr<scalar_t>(), last.data_ptr<int32_t>());
+  });
+  return {out, alpha, final_T, last};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeBackwardCpu(
+    const at::Tensor& means2d,
+    const at::Tensor& conics,
+    const at::Tensor& opacities,
+    const at::Tensor& features,
+    const at::Tensor& offsets,
+    const at::Tensor& flatten_ids,
+    const at::Tensor& final_T,
+    const at::Tensor& last,
+    const at::Tensor& grad_features_img,
+    const at::Tensor& grad_alpha_img,
+    int64_t width,
+    int64_t height,
+    int64_t tiles_x,
+    int64_t tiles_y,
+    int64_t tile_size) {
+  const int64_t N = means2d.size(0), D = features.size(1), M = flatten_ids.size(0);
+  const int64_t K = kPairFixed + D;
+  auto pair_grads = at::zeros({M, K}, features.options());
+  auto g_means = at::zeros({N, 2}, features.options());
+  auto g_conics = at::zeros({N, 3}, features.options());
+  auto g_opac = at::zeros({N}, features.options());
+  auto g_feat = at::zeros({N, D}, features.options());
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "composite_backward_cpu", [&] {
+    BackwardKernel<scalar_t>(means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
+                             opacities.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(),
+                             offsets.data_ptr<int64_t>(), flatten_ids.data_ptr<int64_t>(),
+                             final_T.data_ptr<scalar_t>(), last.data_ptr<int32_t>(),
+                             grad_features_img.data_ptr<scalar_t>(), grad_alpha_img.data_ptr<scalar_t>(),
+                             static_cast<int>(D), static_cast<int>(width), static_cast<int>(height),
+                             static_cast<int>(tiles_x), static_cast<int>(tiles_y), static_cast<int>(tile_size),
+                             pair_grads.data_ptr<scalar_t>());
+    // Fixed-order reduction of the pair gradients onto their Gaussians.
+    const scalar_t* pg = pair_grads.data_ptr<scalar_t>();
+    const int64_t* ids = flatten_ids.data_ptr<int64_t>();
+    scalar_t* gm = g_means.data_ptr<scalar_t>();
+    scalar_t* gc = g_conics.data_ptr<scalar_t>();
+    scalar_t* go = g_opac.data_ptr<scalar_t>();
+    scalar_t* gf = g_feat.data_ptr<scalar_t>();
+    for (int64_t p = 0; p < M; ++p) {
+      const int64_t g = ids[p];
+      const scalar_t* row = pg + p * K;
+      gm[2 * g] += row[0];
+      gm[2 * g + 1] += row[1];
+      gc[3 * g] += row[2];
+      gc[3 * g + 1] += row[3];
+      gc[3 * g + 2] += row[4];
+      go[g] += row[5];
+      for (int64_t d = 0; d < D; ++d) {
+        gf[g * D + d] += row[kPairFixed + d];
+      }
+    }
+  });
+  return {g_means, g_conics, g_opac, g_feat};
+}

@@ -1,0 +1,162 @@
+"""Projection of 3D Gaussians to screen space (EWA splatting) and tile binning.
+
+Both steps are shared by the ``torch`` and ``cpu`` backends: they are O(N)
+vectorised tensor code whose backward torch derives; the per-pixel
+compositing, where the time goes, is what the backends implement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..cameras import Camera
+
+__all__ = ["Projected", "quat_to_rotmat", "project_gaussians", "TileBins", "bin_gaussians", "TILE_SIZE"]
+
+TILE_SIZE = 16
+BLUR = 0.3  # low-pass filter added to the 2D covariance (3DGS)
+
+
+def quat_to_rotmat(quats: Tensor) -> Tensor:
+    """``[N, 4]`` quaternions (w, x, y, z; normalised here) -> ``[N, 3, 3]`` rotations."""
+    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
+    return torch.stack(
+        (
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ),
+        dim=-1,
+    ).reshape(quats.shape[:-1] + (3, 3))
+
+
+@dataclass
+class Projected:
+    """Screen-space Gaussians.
+
+    Attributes:
+        means2d: ``[N, 2]`` pixel coordinates of the centres.
+        conics: ``[N, 3]`` upper triangle (a, b, c) of the inverse 2D covariance.
+        depths: ``[N]`` camera-space z.
+        radii: ``[N]`` int32 pixel radius (3 sigma); 0 for culled Gaussians.
+    """
+
+    means2d: Tensor
+    conics: Tensor
+    depths: Tensor
+    radii: Tensor
+
+
+def project_gaussians(means: Tensor, quats: Tensor, log_scales: Tensor, camera: Camera) -> Projected:
+    """Project Gaussians into ``camera`` (3DGS's EWA approximation, +0.3 px blur).
+
+    Args:
+        means: ``[N, 3]`` world positions.
+        quats: ``[N, 4]`` rotations (w, x, y, z), any norm.
+        log_scales: ``[N, 3]`` log standard deviations along the local axes.
+        camera: the pinhole camera.
+
+    Gaussians with depth outside ``[near, far]``, degenerate 2D covariance or a
+    footprint entirely off-screen get radius 0 and are ignored by compositing.
+    """
+    w2c = camera.world_to_camera.to(means)
+    R, t = w2c[:3, :3], w2c[:3, 3]
+    p = means @ R.T + t
+    x, y, z = p.unbind(-1)
+    valid = (z > camera.near) & (z < camera.far)
+    zs = torch.where(valid, z, torch.ones_like(z))  # safe denominators for culled ones
+
+    # Jacobian of the perspective map, evaluated at the centre clamped to 1.3x the
+    # view frustum (as 3DGS/gsplat do) so that far off-screen Gaussians stay stable.
+    mx = 0.15 * camera.width / camera.fx
+    my = 0.15 * camera.height / camera.fy
+    tx = (x / zs).clamp(-camera.cx / camera.fx - mx, (camera.width - camera.cx) / camera.fx + mx) * zs
+    ty = (y / zs).clamp(-camera.cy / camera.fy - my, (camera.height - camera.cy) / camera.fy + my) * zs
+    zero = torch.zeros_like(zs)
+    J = torch.stack(
+        (camera.fx / zs, zero, -camera.fx * tx / (zs * zs), zero, camera.fy / zs, -camera.fy * ty / (zs * zs)), dim=-1
+    ).reshape(-1, 2, 3)
+
+    rot = quat_to_rotmat(quats)
+    M = rot * torch.exp(log_scales)[:, None, :]  # R S
+    cov3d = M @ M.transpose(1, 2)
+    T = J @ R[None]  # [N, 2, 3]
+    cov2d = T @ cov3d @ T.transpose(1, 2)
+    a = cov2d[:, 0, 0] + BLUR
+    b = cov2d[:, 0, 1]
+    c = cov2d[:, 1, 1] + BLUR
+    det = a * c - b * b
+    valid = valid & (det > 1e-12)
+    det_s = torch.where(valid, det, torch.ones_like(det))
+    conics = torch.stack((c / det_s, -b / det_s, a / det_s), dim=-1)
+
+    means2d = torch.stack((camera.fx * x / zs + camera.cx, camera.fy * y / zs + camera.cy), dim=-1)
+
+    with torch.no_grad():
+        mid = 0.5 * (a + c)
+        lam = mid + torch.sqrt((mid * mid - det_s).clamp_min(0.1))
+        radii = torch.ceil(3.0 * torch.sqrt(lam))
+        on_screen = (
+            (means2d[:, 0] + radii > 0)
+            & (means2d[:, 0] - radii < camera.width)
+            & (means2d[:, 1] + radii > 0)
+            & (means2d[:, 1] - radii < camera.height)
+        )
+        valid = valid & on_screen & torch.isfinite(radii) & torch.isfinite(means2d).all(-1)
+        radii = torch.where(valid, radii, torch.zeros_like(radii)).to(torch.int32)
+    return Projected(means2d=means2d, conics=conics, depths=z, radii=radii)
+
+
+@dataclass
+class TileBins:
+    """Gaussian lists per 16x16 tile, each front to back.
+
+    Attributes:
+        tiles_x, tiles_y: grid size.
+        offsets: ``[tiles_y * tiles_x + 1]`` int64; tile ``k`` owns ``flatten_ids[offsets[k]:offsets[k+1]]``.
+        flatten_ids: ``[M]`` int64 Gaussian indices, grouped by tile, sorted by depth within a tile.
+        tile_ids: ``[M]`` int64 tile of each entry of ``flatten_ids``.
+    """
+
+    tiles_x: int
+    tiles_y: int
+    offsets: Tensor
+    flatten_ids: Tensor
+    tile_ids: Tensor
+
+
+@torch.no_grad()
+def bin_gaussians(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int,
+                  tile_size: int = TILE_SIZE) -> TileBins:
+    """Assign each visible Gaussian to the tiles its 3-sigma square overlaps.
+
+    Args:
+        means2d: ``[N, 2]``; radii: ``[N]`` (0 = culled); depths: ``[N]``.
+    """
+    dev = means2d.device
+    tx, ty = (width + tile_size - 1) // tile_size, (height + tile_size - 1) // tile_size
+    vis = torch.nonzero(radii > 0).squeeze(1)
+    vis = vis[torch.argsort(depths[vis], stable=True)]  # front to back
+    m, r = means2d[vis].detach(), radii[vis].to(means2d.dtype)
+    x0 = ((m[:, 0] - r) / tile_size).floor().clamp(0, tx).long()
+    x1 = ((m[:, 0] + r) / tile_size).ceil().clamp(0, tx).long()
+    y0 = ((m[:, 1] - r) / tile_size).floor().clamp(0, ty).long()
+    y1 = ((m[:, 1] + r) / tile_size).ceil().clamp(0, ty).long()
+    nx, ny = x1 - x0, y1 - y0
+    counts = nx * ny
+    total = int(counts.sum())
+    owner = torch.repeat_interleave(torch.arange(len(vis), device=dev), counts)
+    start = torch.cumsum(counts, 0) - counts
+    local = torch.arange(total, device=dev) - start[owner]
+    nx_o = nx[owner].clamp_min(1)
+    tile = (y0[owner] + local // nx_o) * tx + (x0[owner] + local % nx_o)
+    order = torch.argsort(tile, stable=True)  # stable: keeps front-to-back within a tile
+    tile = tile[order]
+    ids = vis[owner[order]]
+    offsets = torch.zeros(tx * ty + 1, dtype=torch.long, device=dev)
+    offsets[1:] = torch.cumsum(torch.bincount(tile, minlength=tx * ty), 0)
+    return TileBins(tiles_x=tx, tiles_y=ty, offsets=offsets, flatten_ids=ids, tile_ids=tile)

@@ -1,0 +1,119 @@
+"""Checkpoints of experts: written atomically, loaded with clear errors.
+
+A checkpoint holds the expert's name and config, the scene facts it was
+built from (extent, times), its state dict (per-Gaussian tensors at their
+current, densified size) and optionally the trainer's state for resuming.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from ..experts import EXPERTS, SceneInit
+
+__all__ = ["atomic_torch_save", "save_expert", "load_checkpoint", "load_expert", "expert_from_payload",
+           "FORMAT"]
+
+FORMAT = "moegs-expert/1"
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_expert(path: str | Path, expert: nn.Module, train_config: Any = None, *, scene_meta: dict,
+                trainer_state: dict | None = None) -> None:
+    """Write ``expert`` (and optionally the trainer's state) to ``path`` atomically.
+
+    ``scene_meta`` holds ``extent`` (float) and ``times`` (list of floats), enough to rebuild the expert.
+    """
+    payload = {
+        "format": FORMAT,
+        "expert": expert.name,
+        "expert_config": dataclasses.asdict(expert.config),
+        "train_config": dataclasses.asdict(train_config) if train_config is not None else None,
+        "sh_degree": int(expert.sh_degree),
+        "scene_meta": {"extent": float(scene_meta["extent"]), "times": [float(t) for t in scene_meta["times"]]},
+        "model": {k: v.detach().cpu() for k, v in expert.state_dict().items()},
+        "trainer": trainer_state,
+    }
+    atomic_torch_save(payload, path)
+
+
+def load_checkpoint(path: str | Path, kind: str = FORMAT) -> dict:
+    """Read a checkpoint file, checking that it is a ``kind`` checkpoint; :class:`CheckpointError` otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for truncated/corrupt files
+        raise CheckpointError(path, f"not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+    if not isinstance(payload, dict) or payload.get("format") != kind:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(path, f"not a {kind} checkpoint (found {found!r})")
+    return payload
+
+
+def _config_from_dict(cls: type, d: dict) -> Any:
+    from .config import from_dict
+
+    return from_dict(cls, d)
+
+
+def _resize_like(module: nn.Module, state: dict) -> None:
+    """Give every parameter/buffer of ``module`` the shape it has in ``state`` (densified sizes)."""
+    own = dict(module.named_parameters())
+    own.update(dict(module.named_buffers()))
+    for name, value in state.items():
+        t = own.get(name)
+        if t is not None and t.shape != value.shape:
+            t.data = torch.empty(value.shape, dtype=value.dtype, device=t.device)
+
+
+def expert_from_payload(payload: dict, path: str | Path = "<checkpoint>") -> nn.Module:
+    """Rebuild the expert stored in a loaded checkpoint payload."""
+    name = payload["expert"]
+    if name not in EXPERTS:
+        raise CheckpointError(path, f"unknown expert {name!r} (this moegs knows {', '.join(EXPERTS)})")
+    config_cls, model_cls = EXPERTS[name]
+    config = _config_from_dict(config_cls, payload["expert_config"])
+    model = payload["model"]
+    means = model.get("splats.means")
+    if means is None:
+        raise CheckpointError(path, "checkpoint has no Gaussians (splats.means missing)")
+    meta = payload["scene_meta"]
+    init = SceneInit(points=means.float(), colors=torch.full_like(means.float(), 0.5), extent=meta["extent"],
+                     times=torch.tensor(meta["times"], dtype=torch.float32))
+    expert = model_cls(init, config)
+    _resize_like(expert, model)
+    try:
+        expert.load_state_dict(model)
+    except RuntimeError as e:
+        raise CheckpointError(path, f"state does not fit expert {name!r}: {str(e).splitlines()[0][:160]}") from None
+    expert.sh_degree = int(payload.get("sh_degree", expert.max_sh_degree))
+    return expert
+
+
+def load_expert(path: str | Path) -> tuple[nn.Module, dict]:
+    """``(expert, payload)`` from a checkpoint written by :func:`save_expert`."""
+    payload = load_checkpoint(path)
+    return expert_from_payload(payload, path), payload
