@@ -12,9 +12,9 @@ from pathlib import Path
 
 from ..errors import DataError
 from .config import DataConfig
-from .scene import FrameCache, ImageSource, Scene, View
+from .scene import ArrayImage, FrameCache, ImageSource, Scene, View
 
-__all__ = ["FORMATS", "DataConfig", "FrameCache", "ImageSource", "Scene", "View", "detect_format", "load_scene"]
+__all__ = ["ArrayImage", "FORMATS", "DataConfig", "FrameCache", "ImageSource", "Scene", "View", "detect_format", "load_scene"]
 
 # name -> module implementing it. Order matters for detection: most specific first.
 FORMATS: dict[str, str] = {

@@ -11,18 +11,15 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Hashable, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from ..cameras import Camera
-from ..errors import DataError
 
-__all__ = ["ImageSource", "ImageFile", "View", "Scene", "FrameCache", "DEFAULT_CACHE_BYTES"]
+__all__ = ["ArrayImage", "ImageSource", "View", "Scene", "FrameCache", "DEFAULT_CACHE_BYTES"]
 
 DEFAULT_CACHE_BYTES = 4 << 30  # 4 GiB
 
@@ -38,39 +35,6 @@ class ImageSource(Protocol):
     key: Hashable
 
     def load(self) -> np.ndarray: ...
-
-
-@dataclass(frozen=True)
-class ImageFile:
-    """An :class:`ImageSource` for one image file (PNG, JPEG, ... read with PIL).
-
-    The image is converted to RGB (RGBA when it has transparency) and, when
-    ``size`` differs from the file's, resized with a box (area) filter.
-
-    Attributes:
-        path: the image file.
-        size: ``(width, height)`` to return, the view camera's resolution.
-    """
-
-    path: Path
-    size: tuple[int, int]
-
-    @property
-    def key(self) -> Hashable:
-        return (str(self.path), self.size)
-
-    def load(self) -> np.ndarray:
-        """``[H, W, 3]`` or ``[H, W, 4]`` uint8 array at ``size``; DataError naming the file if it does not decode."""
-        try:
-            with Image.open(self.path) as im:
-                im.load()
-                has_alpha = im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info)
-                im = im.convert("RGBA" if has_alpha else "RGB")
-                if im.size != tuple(self.size):
-                    im = im.resize(tuple(self.size), Image.Resampling.BOX)
-                return np.array(im)
-        except (OSError, ValueError, SyntaxError) as e:
-            raise DataError(self.path, f"cannot decode image: {e}") from e
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from ..errors import DataError
 from .colmap import ColmapModel, find_model_dir, read_model, to_camera
 from .config import DataConfig
-from .scene import FrameCache, ImageFile, Scene, View
+from .images import ImageFile, read_image_size
+from .scene import FrameCache, Scene, View
 
 __all__ = ["detect", "load", "LLFF_HOLD"]
 
@@ -42,15 +42,6 @@ def _model_dir(path: Path) -> Path | None:
 def detect(path: Path) -> bool:
     """True for a folder with ``images/`` and a COLMAP model in ``sparse/0`` or ``sparse``."""
     return (path / "images").is_dir() and _model_dir(path) is not None
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` of an image file from its header; DataError naming it if unreadable."""
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(path, f"cannot decode image: {e}") from e
 
 
 def model_points(model: ColmapModel) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,11 +78,12 @@ def load(path: Path, config: DataConfig) -> Scene:
     for i, im in enumerate(images):
         cam_model = model.cameras[im.camera_id]
         file = image_dir / im.name
-        size = image_size(file)
+        size = read_image_size(file)
         try:
             cam = to_camera(im, cam_model, name=Path(im.name).stem)
         except DataError as e:
-            raise DataError(model_dir / "cameras", e.problem) from e
+            cameras_file = next(f for f in (model_dir / "cameras.bin", model_dir / "cameras.txt") if f.is_file())
+            raise DataError(cameras_file, e.problem) from e
         if size != (cam.width, cam.height):
             cam = cam.scaled(size[0] / cam.width)  # images stored at another resolution than the model's
             if (cam.width, cam.height) != size:

@@ -50,9 +50,9 @@ from ..cameras import Camera
 from ..errors import DataError
 from .colmap import qvec_to_rotmat, rotmat_to_qvec
 from .config import DataConfig
+from .images import ImageFile, read_image_size
 from .n3v import initial_points
-from .scene import FrameCache, ImageFile, Scene, View
-from .static_colmap import image_size
+from .scene import FrameCache, Scene, View
 
 __all__ = ["detect", "load", "read_camera_parameters", "write_technicolor_scene", "DEFAULT_TEST_CAMERAS", "PARAMS_FILE"]
 
@@ -144,7 +144,7 @@ def load(path: Path, config: DataConfig) -> Scene:
 
     cams = []
     for cam_id, p in enumerate(params):
-        w, h = image_size(found[cam_id][first])
+        w, h = read_image_size(found[cam_id][first])
         w2c = np.eye(4)
         w2c[:3, :3], w2c[:3, 3] = qvec_to_rotmat(p["qvec"]), p["tvec"]
         cam = Camera(
@@ -186,9 +186,9 @@ def load(path: Path, config: DataConfig) -> Scene:
         info={
             "cameras": n_cams,
             "frames_present": last - first + 1,
-            "frame_numbers": (first, last),
+            "frame_numbers": f"{first}..{last}",
             "frames_used": K,
-            "original_resolution": image_size(found[0][first]),
+            "original_resolution": read_image_size(found[0][first]),
             "downscale": factor,
             "split": f"test cameras {sorted(test_ids)}",
             "points": points_from,
