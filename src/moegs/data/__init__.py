@@ -60,4 +60,6 @@ def load_scene(path: str | Path, config: DataConfig | None = None) -> Scene:
         name = config.format
     else:
         name = detect_format(path)
-    return _module(name).load(path, config)
+    scene = _module(name).load(path, config)
+    scene.info.setdefault("path", str(path.resolve()))
+    return scene

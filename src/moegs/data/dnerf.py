@@ -271,6 +271,7 @@ def load(path: Path, config: DataConfig) -> Scene:
         "views_loaded": f"{len(train_views)} train, {len(test_views)} test",
         "times": time_note,
         "downscale": downscale,
+        "original_resolution": read_image_size(train_views[0].source.path),
         "initial_points": f"{num_points} random in [-{POINT_CUBE_HALF_SIZE}, {POINT_CUBE_HALF_SIZE}]^3",
     }
     return Scene(

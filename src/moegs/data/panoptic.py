@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Camera
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, MissingFramesWarning
 from .config import DataConfig
 from .images import ImageFile
 from .scene import FrameCache, Scene, View
@@ -66,10 +66,6 @@ NEAR, FAR = 0.01, 100.0
 _KEYS = ("w", "h", "k", "w2c", "fn", "cam_id")
 # Tolerance on R^T R = I for the rotation part of a w2c matrix.
 _ORTHONORMAL_TOL = 1e-3
-
-
-class MissingFramesWarning(UserWarning):
-    """A scene lists frames whose images are not on disk; the frames present were loaded."""
 
 
 def detect(path: Path) -> bool:

@@ -16,11 +16,12 @@ Initial points are the model's points3D with their colours.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, MissingFramesWarning
 from .colmap import ColmapModel, find_model_dir, read_model, to_camera
 from .config import DataConfig
 from .images import ImageFile, read_image_size
@@ -64,12 +65,20 @@ def load(path: Path, config: DataConfig) -> Scene:
         raise DataError(model_dir, "the COLMAP model has no registered images")
     images = sorted(model.images.values(), key=lambda im: im.name)
     missing = [im.name for im in images if not (image_dir / im.name).is_file()]
-    if missing:
+    if len(missing) == len(images):
         raise DataError(
             image_dir,
-            f"{len(missing)} of the {len(images)} images listed in {model_dir.name}/images are missing on disk "
+            f"none of the {len(images)} images listed in {model_dir.name}/images is on disk "
             f"(first: {missing[0]}); the model and the image folder do not match",
         )
+    if missing:  # a subset of the reconstruction's images is common: use those present
+        warnings.warn(
+            f"{image_dir}: {len(missing)} of the {len(images)} images listed in the COLMAP model are missing on "
+            f"disk (first: {missing[0]}); loading the {len(images) - len(missing)} present",
+            MissingFramesWarning,
+            stacklevel=2,
+        )
+        images = [im for im in images if im.name not in set(missing)]
     factor = 1.0 if config.downscale is None else float(config.downscale)
     if factor <= 0:
         raise DataError(None, f"downscale must be positive, got {factor}")

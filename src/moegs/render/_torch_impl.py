@@ -60,11 +60,6 @@ def composite_torch(
         while b < n_tiles and offsets[b + 1] - offsets[a] <= chunk_pairs:
             b += 1
         pa, pb = offsets[a], offsets[b]
-        if pa == pb:
-            feat_blocks.append(features.new_zeros(b - a, P, D))
-            alpha_blocks.append(features.new_zeros(b - a, P))
-            a = b
-            continue
         ids = bins.flatten_ids[pa:pb]
         tiles = bins.tile_ids[pa:pb]
         ox = (tiles % bins.tiles_x).to(dt)[:, None] * tile_size

@@ -51,7 +51,8 @@ def save_expert(path: str | Path, expert: nn.Module, train_config: Any = None, *
         "expert_config": dataclasses.asdict(expert.config),
         "train_config": dataclasses.asdict(train_config) if train_config is not None else None,
         "sh_degree": int(expert.sh_degree),
-        "scene_meta": {"extent": float(scene_meta["extent"]), "times": [float(t) for t in scene_meta["times"]]},
+        "scene_meta": {"extent": float(scene_meta["extent"]), "times": [float(t) for t in scene_meta["times"]],
+                       "path": scene_meta.get("path")},
         "model": {k: v.detach().cpu() for k, v in expert.state_dict().items()},
         "trainer": trainer_state,
     }

@@ -199,7 +199,7 @@ class Trainer:
         assert self.run_dir is not None
         d = self.run_dir / "checkpoints"
         path = d / f"step_{self.step:06d}.pt"
-        meta = {"extent": self.scene.extent, "times": self.scene.times}
+        meta = {"extent": self.scene.extent, "times": self.scene.times, "path": self.scene.info.get("path")}
         for p in (path, d / "last.pt"):
             ckpt.save_expert(p, self.expert, self.cfg, scene_meta=meta, trainer_state=self.state_dict())
         return path

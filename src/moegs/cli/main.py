@@ -1,0 +1,221 @@
+"""The ``moegs`` command line: a thin layer over the library.
+
+Every user error (bad data, bad flag, corrupt checkpoint) ends in one line
+``moegs: error: <file>: <problem>`` on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # two shared cores: never spin-wait
+
+__all__ = ["main", "build_parser"]
+
+
+def _data_config(args: argparse.Namespace):
+    from ..data import DataConfig
+
+    cfg = DataConfig()
+    if getattr(args, "format", None):
+        cfg.format = args.format
+    if getattr(args, "downscale", None) is not None:
+        cfg.downscale = args.downscale
+    if getattr(args, "frame_step", None) is not None:
+        cfg.frame_step = args.frame_step
+    if getattr(args, "max_frames", None) is not None:
+        cfg.max_frames = args.max_frames
+    return cfg
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--format", help="force the dataset format (n3v, technicolor, dnerf, panoptic, colmap)")
+    p.add_argument("--downscale", type=float, help="image downscale factor (default: the format's own)")
+    p.add_argument("--frame-step", type=int, help="keep every k-th frame")
+    p.add_argument("--max-frames", type=int, help="keep at most this many frames")
+
+
+def _positive(kind):
+    def parse(s: str):
+        v = kind(s)
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {s}")
+        return v
+
+    return parse
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train import TrainConfig, apply_overrides
+    from ..train.run import train_expert
+
+    cfg = TrainConfig(expert=args.expert, data=_data_config(args))
+    if args.steps is not None:
+        cfg.steps = args.steps
+    cfg.backend = args.backend
+    cfg.device = args.device
+    cfg.seed = args.seed
+    apply_overrides(cfg, args.set or [])
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.data).name}-{cfg.expert}"
+    summary = train_expert(args.data, cfg, out, resume=args.resume, progress=not args.quiet)
+    _print_summary(summary, out)
+    return 0
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"moegs run: {out}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in summary.items():
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    Console(stderr=False).print(t)
+
+
+def _resolve_checkpoint(path: Path) -> Path:
+    if path.is_dir():
+        for cand in (path / "checkpoints" / "last.pt", path / "mixture.pt", path / "last.pt"):
+            if cand.exists():
+                return cand
+    return path
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..eval import evaluate_expert
+    from ..train.run import write_json
+
+    ckpt, expert, scene = _load_for_eval(args)
+    out = Path(args.out) if args.out else ckpt.parent.parent / "eval"
+    res = evaluate_expert(expert, scene, backend=args.backend, out_dir=out / "renders")
+    write_json(out / "eval.json", res)
+    _print_summary({k: v for k, v in res.items() if k != "per_view"}, out)
+    return 0
+
+
+def _data_config_from(payload: dict, args: argparse.Namespace):
+    from ..data import DataConfig
+    from ..train.config import from_dict
+
+    d = (payload.get("train_config") or {}).get("data")
+    cfg = from_dict(DataConfig, d) if d else DataConfig()
+    over = _data_config(args)
+    for k in ("format", "downscale", "frame_step", "max_frames"):
+        v = getattr(args, k, None)
+        if v is not None:
+            setattr(cfg, k, getattr(over, k))
+    return cfg
+
+
+def _load_for_eval(args: argparse.Namespace):
+    from ..data import load_scene
+    from ..train.checkpoint import load_expert
+
+    ckpt = _resolve_checkpoint(Path(args.checkpoint))
+    expert, payload = load_expert(ckpt)
+    data = args.data or payload["scene_meta"].get("path")
+    if not data:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{ckpt}: give the scene folder with --data")
+    return ckpt, expert, load_scene(data, _data_config_from(payload, args))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..eval.video import render_video, sweep_times
+
+    ckpt, expert, scene = _load_for_eval(args)
+    views = scene.test_views or scene.train_views
+    cams = sorted({v.camera_id for v in views})
+    if not 0 <= args.camera < len(cams):
+        raise ConfigError(f"--camera {args.camera}: the scene has {len(cams)} test camera(s)")
+    view = next(v for v in views if v.camera_id == cams[args.camera])
+    bg = scene.background
+
+    def render(cam):
+        return expert.gaussians_at(cam.time).render(cam, background=bg, backend=args.backend).color
+
+    out = Path(args.out) if args.out else ckpt.parent.parent / "renders" / f"camera{cams[args.camera]:02d}.mp4"
+    render_video(render, view.camera, sweep_times(scene.times, args.frames), out, args.fps)
+    print(out)
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from ..data.inspect import print_inspection
+
+    print_inspection(args.path, _data_config(args))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..experts import EXPERTS
+
+    p = argparse.ArgumentParser(prog="moegs", description="Dynamic Gaussian splatting with a mixture of experts.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one expert on a scene")
+    t.add_argument("data", help="scene folder (any supported format)")
+    t.add_argument("--expert", default="static", choices=sorted(EXPERTS), help="which expert (default: static)")
+    t.add_argument("--steps", type=_positive(int), help="training steps")
+    t.add_argument("--out", help="run directory (default: runs/<scene>-<expert>)")
+    t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    t.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config field, e.g. strategy.grow_grad2d=3e-4 or expert.sh_degree=1")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_data_flags(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on the test views")
+    e.add_argument("checkpoint", help="checkpoint file or run directory")
+    e.add_argument("--data", help="scene folder (default: the one it was trained on)")
+    e.add_argument("--out", help="output folder (default: <run>/eval)")
+    e.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
+    _add_data_flags(e)
+    e.set_defaults(func=cmd_eval)
+
+    r = sub.add_parser("render", help="render a video of a test camera over time")
+    r.add_argument("checkpoint", help="checkpoint file or run directory")
+    r.add_argument("--data", help="scene folder (default: the one it was trained on)")
+    r.add_argument("--out", help="output .mp4 (default: <run>/renders/camera<i>.mp4)")
+    r.add_argument("--camera", type=int, default=0, help="index among the test cameras")
+    r.add_argument("--frames", type=_positive(int), help="number of frames (default: the scene's times)")
+    r.add_argument("--fps", type=_positive(float), default=15.0)
+    r.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
+    _add_data_flags(r)
+    r.set_defaults(func=cmd_render)
+
+    i = sub.add_parser("inspect", help="detect a scene's format and describe what it holds")
+    i.add_argument("path")
+    _add_data_flags(i)
+    i.set_defaults(func=cmd_inspect)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ..errors import MoegsError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.simplefilter("default")
+    try:
+        return int(args.func(args) or 0)
+    except MoegsError as e:
+        print(f"moegs: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("moegs: interrupted (the last checkpoint is kept; rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Gaussian-level gates: a learnable responsibility in ``(0, 1)`` per Gaussian of each expert.
+
+A gate belongs to one expert. Its per-Gaussian parameters live in a
+``ParameterDict`` (``gate.per_gaussian``) whose entries have the same first
+dimension ``N`` as ``expert.splats``, so the generic densification/pruning ops
+of :mod:`moegs.train.ops` applied to both dicts with the same mask keep them
+aligned (see :func:`moegs.moe.prune.remove_gaussians`).
+
+Two gates share one interface:
+
+- :class:`LinearGate` (the published design): ``g_i(t) = sigmoid(w_i + (t - 1/2) f_i)``, a
+  static logit plus a term linear in time; its extremes over ``t`` in ``[0, 1]``
+  are at the endpoints, which gate-aware pruning uses.
+- :class:`MLPGate`: ``g_i(t) = sigmoid(MLP([x_i(t) / extent, gamma(t), z_i]))`` with the
+  Gaussian's deformed centre ``x_i(t)``, a Fourier time encoding ``gamma(t)`` and a
+  learnable per-Gaussian feature ``z_i``.
+
+The gate values are what the mixture splats (as ``extras``) with the expert's
+Gaussians, so a pixel's gate map is the opacity-weighted gate along its ray.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from ..experts import ParamGroup
+from ..gaussians import GaussianSet
+
+__all__ = ["Gate", "GateKind", "LinearGate", "MLPGate", "build_gate", "time_encoding"]
+
+GateKind = Literal["linear", "mlp"]
+
+
+def time_encoding(t: float | Tensor, num_freqs: int) -> Tensor:
+    """``[1 + 2 * num_freqs]`` encoding ``(t, sin(2^j pi t), cos(2^j pi t))`` of a time in ``[0, 1]``
+    (``[..., 1 + 2 * num_freqs]`` for a tensor of times ``[...]``)."""
+    t = torch.as_tensor(t, dtype=torch.float32)
+    feats = [t[..., None]]
+    for j in range(num_freqs):
+        a = (2.0 ** j) * math.pi * t[..., None]
+        feats += [torch.sin(a), torch.cos(a)]
+    return torch.cat(feats, dim=-1)
+
+
+@runtime_checkable
+class Gate(Protocol):
+    """Per-Gaussian gate of one expert."""
+
+    per_gaussian: nn.ParameterDict  # entries [N, ...], aligned with expert.splats
+
+    def __call__(self, gaussians: GaussianSet, t: float) -> Tensor:
+        """``[N]`` gate values in ``(0, 1)`` of the expert's Gaussians ``gaussians`` at time ``t``."""
+
+    def max_over_time(self, expert: nn.Module, times: list[float]) -> Tensor:
+        """``[N]`` the largest gate value of each Gaussian over ``t`` in ``[0, 1]`` (or over ``times``
+        where there is no closed form)."""
+
+    def param_groups(self, prefix: str, lr: float, lr_net: float) -> dict[str, ParamGroup]:
+        """Optimiser groups keyed ``prefix + name``; per-Gaussian ones use ``lr``, networks ``lr_net``."""
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
+
+
+class LinearGate(nn.Module):
+    """``g_i(t) = sigmoid(w_i + (t - 1/2) f_i)``; ``w`` starts at ``logit(init)``, ``f`` at zero."""
+
+    def __init__(self, num_gaussians: int, init: float = 0.5) -> None:
+        super().__init__()
+        self.per_gaussian = nn.ParameterDict({
+            "w": nn.Parameter(torch.full((num_gaussians,), _logit(init))),  # [N]
+            "f": nn.Parameter(torch.zeros(num_gaussians)),  # [N]
+        })
+
+    def logits(self, t: float) -> Tensor:
+        """``[N]`` gate logits at time ``t``."""
+        return self.per_gaussian["w"] + (float(t) - 0.5) * self.per_gaussian["f"]
+
+    def forward(self, gaussians: GaussianSet, t: float) -> Tensor:
+        return torch.sigmoid(self.logits(t))
+
+    @torch.no_grad()
+    def max_over_time(self, expert: nn.Module, times: list[float]) -> Tensor:
+        # Linear in t: the maximum over [0, 1] is at an endpoint.
+        return torch.sigmoid(torch.maximum(self.logits(0.0), self.logits(1.0)))
+
+    def param_groups(self, prefix: str, lr: float, lr_net: float) -> dict[str, ParamGroup]:
+        return {prefix + k: ParamGroup([p], lr) for k, p in self.per_gaussian.items()}
+
+
+class MLPGate(nn.Module):
+    """``g_i(t) = sigmoid(MLP([x_i(t) / extent, gamma(t), z_i]))`` with a per-Gaussian feature ``z`` ``[N, F]``.
+
+    The output layer starts at zero weights and bias ``logit(init)``, so every gate starts at ``init``.
+    """
+
+    def __init__(self, num_gaussians: int, extent: float, init: float = 0.5, feature_dim: int = 8,
+                 hidden: int = 32, time_freqs: int = 2) -> None:
+        super().__init__()
+        self.extent = float(extent)
+        self.time_freqs = time_freqs
+        self.per_gaussian = nn.ParameterDict({
+            "z": nn.Parameter(0.1 * torch.randn(num_gaussians, feature_dim)),  # [N, F]
+        })
+        d_in = 3 + 1 + 2 * time_freqs + feature_dim
+        self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.constant_(self.net[-1].bias, _logit(init))
+
+    def forward(self, gaussians: GaussianSet, t: float) -> Tensor:
+        z = self.per_gaussian["z"]
+        x = gaussians.means.detach() / self.extent
+        enc = time_encoding(float(t), self.time_freqs).to(z).expand(z.shape[0], -1)
+        return torch.sigmoid(self.net(torch.cat((x, enc, z), dim=-1))[:, 0])
+
+    @torch.no_grad()
+    def max_over_time(self, expert: nn.Module, times: list[float]) -> Tensor:
+        return torch.stack([self(expert.gaussians_at(t), t) for t in times]).amax(0)
+
+    def param_groups(self, prefix: str, lr: float, lr_net: float) -> dict[str, ParamGroup]:
+        groups = {prefix + k: ParamGroup([p], lr) for k, p in self.per_gaussian.items()}
+        groups[prefix + "net"] = ParamGroup(list(self.net.parameters()), lr_net)
+        return groups
+
+
+def build_gate(kind: GateKind, num_gaussians: int, *, extent: float, init: float = 0.5, feature_dim: int = 8,
+               hidden: int = 32, time_freqs: int = 2) -> nn.Module:
+    """A new gate of ``kind`` for an expert with ``num_gaussians`` Gaussians, every gate value at ``init``."""
+    if kind == "linear":
+        return LinearGate(num_gaussians, init)
+    if kind == "mlp":
+        return MLPGate(num_gaussians, extent, init, feature_dim, hidden, time_freqs)
+    raise ValueError(f"unknown gate {kind!r}; choose from linear, mlp")
