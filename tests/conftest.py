@@ -27,3 +27,44 @@ def data_path(name: str) -> Path:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def make_toy_scene(num_views: int = 6, num_times: int = 3, width: int = 48, height: int = 36, seed: int = 0):
+    """A small dynamic scene rendered from known Gaussians (a ring of cameras; Gaussians drift with time).
+
+    Generated in memory so tests of the training machinery do not depend on data files.
+    """
+    import numpy as np
+
+    from moegs.cameras import Camera, look_at
+    from moegs.data.scene import ArrayImage, Scene, View
+    from moegs.render import rasterize
+
+    g = torch.Generator().manual_seed(seed)
+    n = 300
+    means = torch.randn(n, 3, generator=g) * 0.5
+    quats = torch.randn(n, 4, generator=g)
+    scales = torch.randn(n, 3, generator=g) * 0.2 - 2.5
+    opac = torch.randn(n, generator=g) + 1.0
+    cols = torch.rand(n, 3, generator=g)
+    velocity = torch.randn(n, 3, generator=g) * 0.2
+    views = []
+    for ti in range(num_times):
+        t = ti / max(1, num_times - 1)
+        for i in range(num_views):
+            a = 2 * np.pi * i / num_views
+            eye = torch.tensor([3.0 * np.cos(a), 3.0 * np.sin(a), 0.8])
+            cam = Camera(look_at(eye, torch.zeros(3)), fx=0.9 * width, fy=0.9 * width, cx=width / 2,
+                         cy=height / 2, width=width, height=height, time=t, name=f"cam{i:02d}")
+            img = rasterize(means + t * velocity, quats, scales, opac, cols, cam, backend="torch").color
+            arr = (img.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+            views.append(View(cam, ArrayImage(("toy", seed, i, ti), arr), camera_id=i, frame=ti))
+    test = [v for v in views if v.camera_id == 0]
+    train = [v for v in views if v.camera_id != 0]
+    pts = means + 0.05 * torch.randn(n, 3, generator=g)
+    return Scene("toy", "generated", train, test, pts, cols.clone())
+
+
+@pytest.fixture(scope="session")
+def toy_scene():
+    return make_toy_scene()

@@ -7,12 +7,22 @@ a model is built as ``ModelClass(SceneInit, ConfigClass(...))``.
 from __future__ import annotations
 
 from .base import Expert, ParamGroup, SceneInit
+from .deformable import DeformableConfig, DeformableGaussians
+from .embedding import EmbeddingConfig, EmbeddingGaussians
+from .hexplane import HexPlaneConfig, HexPlaneGaussians
+from .keyframe import KeyframeConfig, KeyframeGaussians
+from .spacetime import SpacetimeConfig, SpacetimeGaussians
 from .static import StaticConfig, StaticGaussians
 
 __all__ = ["EXPERTS", "Expert", "ParamGroup", "SceneInit", "build_expert"]
 
 EXPERTS: dict[str, tuple[type, type]] = {
     "static": (StaticConfig, StaticGaussians),
+    "deformable": (DeformableConfig, DeformableGaussians),
+    "spacetime": (SpacetimeConfig, SpacetimeGaussians),
+    "keyframe": (KeyframeConfig, KeyframeGaussians),
+    "hexplane": (HexPlaneConfig, HexPlaneGaussians),
+    "embedding": (EmbeddingConfig, EmbeddingGaussians),
 }
 
 

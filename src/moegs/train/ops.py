@@ -67,6 +67,13 @@ def split(params: nn.ParameterDict, optimizers: Optimizers, state: dict, mask: T
 
     ``means`` get samples from the Gaussian's distribution; ``scales`` shrink;
     every other entry (colour, rotation, expert state) is copied.
+
+    An expert whose per-Gaussian state needs more than a copy (a temporal centre
+    to resample, keyframes to move with the mean) sets a ``split_hook`` attribute
+    on its ParameterDict: ``split_hook(parents, children) -> dict`` receives the
+    selected Gaussians (``{name: [S, ...]}``) and the default children
+    (``{name: [2S, ...]}``, first the S first-sample children, then the S second)
+    and returns the entries it replaces (same shapes).
     """
     n = params["means"].shape[0]
     sel = torch.nonzero(mask).squeeze(1)
@@ -75,14 +82,20 @@ def split(params: nn.ParameterDict, optimizers: Optimizers, state: dict, mask: T
     rot = quat_to_rotmat(params["quats"][sel])
     offsets = torch.einsum("nij,nj,bnj->bni", rot, scales, torch.randn(2, len(sel), 3, device=scales.device))
 
-    def param_fn(name: str, p: Tensor) -> Tensor:
+    children = {}
+    for name, p in params.items():
         if name == "means":
-            new = (p[sel][None] + offsets).reshape(-1, 3)
+            children[name] = (p[sel][None] + offsets).reshape(-1, 3)
         elif name == "scales":
-            new = torch.log(scales / scale_shrink).repeat(2, 1)
+            children[name] = torch.log(scales / scale_shrink).repeat(2, 1)
         else:
-            new = p[sel].repeat((2,) + (1,) * (p.dim() - 1))
-        return torch.cat((p[rest], new))
+            children[name] = p[sel].repeat((2,) + (1,) * (p.dim() - 1))
+    hook = getattr(params, "split_hook", None)
+    if hook is not None and len(sel) > 0:
+        children.update(hook({name: p[sel] for name, p in params.items()}, dict(children)))
+
+    def param_fn(name: str, p: Tensor) -> Tensor:
+        return torch.cat((p[rest], children[name]))
 
     update_params(params, optimizers, param_fn,
                   lambda _, m: torch.cat((m[rest], m.new_zeros((2 * len(sel),) + m.shape[1:]))))

@@ -59,6 +59,17 @@ def expert_config(name: str, options: dict) -> Any:
     return cfg
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records logged after ``step`` (written after the checkpoint being resumed)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
+
+
 def scene_init(scene: Scene) -> SceneInit:
     return SceneInit(points=scene.points, colors=scene.point_colors, extent=scene.extent,
                      times=torch.tensor(scene.times, dtype=torch.float32))
@@ -80,6 +91,7 @@ def train_expert(data: str | Path | Scene, config: TrainConfig, run_dir: str | P
             raise ConfigError(f"{last}: holds expert {payload['expert']!r}, not {config.expert!r}")
         trainer = Trainer(expert, scene, config, run_dir)
         trainer.load_trainer_state(payload["trainer"])
+        _truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
     else:
         expert = build_expert(config.expert, scene_init(scene), expert_config(config.expert, config.expert_options))
         trainer = Trainer(expert, scene, config, run_dir)

@@ -52,8 +52,8 @@ class DefaultStrategy:
         for k in ("means", "scales", "quats", "opacities"):
             if k not in params:
                 raise ValueError(f"strategy needs a per-Gaussian parameter {k!r}")
-        for k in params.keys():
-            if k not in optimizers:
+        for k, p in params.items():  # non-trainable per-Gaussian state (flags) needs no optimizer
+            if k not in optimizers and p.requires_grad:
                 raise ValueError(f"per-Gaussian parameter {k!r} has no optimizer")
 
     def step_pre_backward(self, params, optimizers, state: dict, step: int, info: dict) -> None:
@@ -112,7 +112,11 @@ class DefaultStrategy:
         return {"cloned": int(dup.sum()), "split": int(spl.sum())}
 
     def _prune(self, params, optimizers, state: dict, step: int) -> dict:
-        prune = torch.sigmoid(params["opacities"]) < self.prune_opa
+        # An expert whose opacity varies in time sets ``max_opacity(params) -> [N]`` on its
+        # ParameterDict: the largest opacity each Gaussian reaches over the scene's time span.
+        max_opacity = getattr(params, "max_opacity", None)
+        opacity = max_opacity(params) if max_opacity is not None else torch.sigmoid(params["opacities"])
+        prune = opacity < self.prune_opa
         if step > self.reset_every > 0:
             prune |= torch.exp(params["scales"]).max(-1).values > self.prune_scale3d * state["scene_scale"]
             if self.prune_radius2d > 0:

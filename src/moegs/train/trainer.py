@@ -147,9 +147,9 @@ class Trainer:
         self.opt.step()
         self.opt.zero_grad()
         self.step += 1
-        extra = {k: float(v) for k, v in regs.items()}
+        extra = {k: v.item() for k, v in regs.items()}
         extra.update(report)
-        return StepResult(loss=float(loss), psnr=psnr(out.color, target), extra=extra)
+        return StepResult(loss=loss.item(), psnr=psnr(out.color, target), extra=extra)
 
     # ----------------------------------------------------------- the loop
     def train(self, progress: bool = True, on_log: Any = None) -> list[dict]:

@@ -152,36 +152,41 @@ void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar
         for (int c0 = 0; c0 < ts && ox + c0 < W; c0 += kLanes) {
           const int x0 = ox + c0;
           const int nl = std::min({kLanes, ts - c0, W - x0});
-          scalar_t px[kLanes], T[kLanes], asum[kLanes], w[kLanes];
-          int32_t active[kLanes], last[kLanes];
+          // Lane state is kept in scalar_t (masks as 0/1, list positions exactly representable)
+          // so that the lane loops vectorise without mixed-width conversions.
+          scalar_t px[kLanes], T[kLanes], asum[kLanes], w[kLanes], active[kLanes], last[kLanes];
           for (int l = 0; l < kLanes; ++l) {
             px[l] = scalar_t(x0 + l) + scalar_t(0.5);
             T[l] = scalar_t(1);
             asum[l] = scalar_t(0);
-            active[l] = l < nl;
-            last[l] = 0;
+            active[l] = l < nl ? scalar_t(1) : scalar_t(0);
+            last[l] = scalar_t(0);
           }
           std::fill(acc.begin(), acc.end(), scalar_t(0));
           for (int i = 0; i < tg.n; ++i) {
             if (r < tg.row_lo[i] || r > tg.row_hi[i]) {
               continue;
             }
-            const scalar_t gx = tg.mx[i], gy = tg.my[i], a = tg.ca[i], b = tg.cb[i], c = tg.cc[i], o = tg.op[i];
-            int n_active = 0;
+            const scalar_t gx = tg.mx[i], o = tg.op[i];
+            const scalar_t dy = pyc - tg.my[i];
+            // power = -0.5 (a dx^2 + c dy^2) - b dx dy with the row's dy terms hoisted.
+            const scalar_t ha = scalar_t(-0.5) * tg.ca[i], bdy = tg.cb[i] * dy, cdy = scalar_t(-0.5) * tg.cc[i] * dy * dy;
+            const scalar_t pos = scalar_t(i + 1);
+            scalar_t n_active = 0;
 #pragma omp simd reduction(+ : n_active)
             for (int l = 0; l < kLanes; ++l) {
-              const scalar_t dx = px[l] - gx, dy = pyc - gy;
-              const scalar_t power = scalar_t(-0.5) * (a * dx * dx + c * dy * dy) - b * dx * dy;
+              const scalar_t dx = px[l] - gx;
+              const scalar_t power = ha * dx * dx + cdy - bdy * dx;
               const scalar_t alpha = std::min(Lim::kAlphaMax, o * ExpNonPositive(std::min(power, scalar_t(0))));
-              const bool ok = active[l] && power <= scalar_t(0) && alpha >= Lim::kAlphaMin;
+              const bool ok = (active[l] != scalar_t(0)) & (power <= scalar_t(0)) & (alpha >= Lim::kAlphaMin);
               const scalar_t test_T = T[l] * (scalar_t(1) - alpha);
-              const bool stop = ok && test_T < Lim::kTMin;
-              const bool use = ok && !stop;
+              const bool stop = ok & (test_T < Lim::kTMin);
+              const bool use = ok & !stop;
               w[l] = use ? alpha * T[l] : scalar_t(0);
               asum[l] += w[l];
               T[l] = use ? test_T : T[l];
-              last[l] = use ? i + 1 : last[l];
-              active[l] = stop ? 0 : active[l];
+              last[l] = use ? pos : last[l];
+              active[l] = stop ? scalar_t(0) : active[l];
               n_active += active[l];
             }
             const scalar_t* f = tg.feat.data() + static_cast<size_t>(i) * D;
@@ -204,7 +209,7 @@ void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar
             }
             alpha_img[pix] = asum[l];
             final_T[pix] = T[l];
-            last_img[pix] = last[l];
+            last_img[pix] = static_cast<int32_t>(last[l]);
           }
         }
       }
@@ -248,15 +253,14 @@ void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scala
           const int x0 = ox + c0;
           const int nl = std::min({kLanes, ts - c0, W - x0});
           scalar_t px[kLanes], T[kLanes], g_a[kLanes], accum_a[kLanes], last_alpha[kLanes];
-          scalar_t ok_v[kLanes], alpha_v[kLanes], w[kLanes], dl_dalpha[kLanes];
-          int32_t last[kLanes];
+          scalar_t ok_v[kLanes], alpha_v[kLanes], g_v[kLanes], w[kLanes], dl_dalpha[kLanes], last[kLanes];
           int max_last = 0;
           for (int l = 0; l < kLanes; ++l) {
             const bool in = l < nl;
             const int64_t pix = static_cast<int64_t>(y) * W + x0 + (in ? l : 0);
             px[l] = scalar_t(x0 + l) + scalar_t(0.5);
             T[l] = in ? final_T[pix] : scalar_t(1);
-            last[l] = in ? last_img[pix] : 0;
+            last[l] = in ? scalar_t(last_img[pix]) : scalar_t(0);
             g_a[l] = in ? grad_alpha[pix] : scalar_t(0);
             accum_a[l] = scalar_t(0);
             last_alpha[l] = scalar_t(0);
@@ -265,31 +269,36 @@ void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scala
               accum[d * kLanes + l] = scalar_t(0);
               last_f[d * kLanes + l] = scalar_t(0);
             }
-            max_last = std::max(max_last, last[l]);
+            max_last = std::max(max_last, in ? last_img[pix] : 0);
           }
           for (int i = max_last - 1; i >= 0; --i) {
             if (r < tg.row_lo[i] || r > tg.row_hi[i]) {
               continue;
             }
-            const scalar_t gx = tg.mx[i], gy = tg.my[i], a = tg.ca[i], b = tg.cb[i], c = tg.cc[i], o = tg.op[i];
+            const scalar_t gx = tg.mx[i], a = tg.ca[i], b = tg.cb[i], c = tg.cc[i], o = tg.op[i];
+            const scalar_t dy = pyc - tg.my[i];
+            const scalar_t ha = scalar_t(-0.5) * a, bdy = b * dy, cdy = scalar_t(-0.5) * c * dy * dy;
+            const scalar_t pos = scalar_t(i);
             scalar_t g_mx = 0, g_my = 0, g_a_con = 0, g_b_con = 0, g_c_con = 0, g_op = 0;
-            int n_ok = 0;
+            scalar_t n_ok = 0;
 #pragma omp simd reduction(+ : n_ok)
             for (int l = 0; l < kLanes; ++l) {
-              const scalar_t dx = px[l] - gx, dy = pyc - gy;
-              const scalar_t power = scalar_t(-0.5) * (a * dx * dx + c * dy * dy) - b * dx * dy;
-              const scalar_t alpha = std::min(Lim::kAlphaMax, o * ExpNonPositive(std::min(power, scalar_t(0))));
-              const bool ok = i < last[l] && power <= scalar_t(0) && alpha >= Lim::kAlphaMin;
+              const scalar_t dx = px[l] - gx;
+              const scalar_t power = ha * dx * dx + cdy - bdy * dx;
+              const scalar_t G = ExpNonPositive(std::min(power, scalar_t(0)));
+              const scalar_t alpha = std::min(Lim::kAlphaMax, o * G);
+              const bool ok = (pos < last[l]) & (power <= scalar_t(0)) & (alpha >= Lim::kAlphaMin);
               T[l] = ok ? T[l] / (scalar_t(1) - alpha) : T[l];  // transmittance in front of Gaussian i
               ok_v[l] = ok ? scalar_t(1) : scalar_t(0);
               alpha_v[l] = alpha;
+              g_v[l] = G;
               w[l] = ok ? alpha * T[l] : scalar_t(0);
               // The alpha image is the composite of a constant feature 1.
               accum_a[l] = ok ? last_alpha[l] + (scalar_t(1) - last_alpha[l]) * accum_a[l] : accum_a[l];
               dl_dalpha[l] = ok ? (scalar_t(1) - accum_a[l]) * g_a[l] : scalar_t(0);
-              n_ok += ok;
+              n_ok += ok_v[l];
             }
-            if (n_ok == 0) {
+            if (n_ok == scalar_t(0)) {
               continue;
             }
             const scalar_t* f = tg.feat.data() + static_cast<size_t>(i) * D;
@@ -313,13 +322,11 @@ void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scala
 #pragma omp simd reduction(+ : g_mx, g_my, g_a_con, g_b_con, g_c_con, g_op)
             for (int l = 0; l < kLanes; ++l) {
               const bool ok = ok_v[l] != scalar_t(0);
-              const scalar_t dx = px[l] - gx, dy = pyc - gy;
-              const scalar_t power = scalar_t(-0.5) * (a * dx * dx + c * dy * dy) - b * dx * dy;
-              const scalar_t G = ExpNonPositive(std::min(power, scalar_t(0)));
+              const scalar_t dx = px[l] - gx, G = g_v[l];
               const scalar_t dl_da = dl_dalpha[l] * T[l];
               last_alpha[l] = ok ? alpha_v[l] : last_alpha[l];
               // alpha = min(0.99, o G): no gradient through the clamp.
-              const bool pass = ok && o * G <= Lim::kAlphaMax;
+              const bool pass = ok & (o * G <= Lim::kAlphaMax);
               const scalar_t dl_dpower = pass ? o * G * dl_da : scalar_t(0);
               g_op += pass ? G * dl_da : scalar_t(0);
               g_mx += dl_dpower * (a * dx + b * dy);

@@ -1,0 +1,209 @@
+"""Deformable 3D Gaussians (Yang et al., CVPR 2024): canonical Gaussians warped by an MLP of (position, time).
+
+A deformation field ``D(γ(sg(x)), γ(t)) -> (δx, δq, δs)`` moves every canonical
+Gaussian to time ``t``: ``x_t = x + δx``, ``q_t = normalize(q) + δq`` (the
+rasterizer normalises again), ``s_t = s + δs``. ``γ`` is NeRF's positional
+encoding (input plus ``sin``/``cos`` at ``2^0 .. 2^(L-1)``), ``sg`` a stop-gradient
+on the canonical position (the paper feeds ``x.detach()`` to the network). The
+network is an MLP with a skip connection that re-injects the encoded inputs
+after layer ``depth // 2``; for D-NeRF-like (synthetic) data the paper first
+maps ``γ(t)`` through a small "time net" (``γ(t) -> 256 -> 30``), which
+``time_net_width > 0`` enables. The first ``warmup_steps`` train the canonical
+Gaussians alone (the paper: 3k iterations) and the annealed smoothing of time
+(AST, for real captures) adds ``N(0, 1) * Δt * β(step)`` to the time input,
+``β`` decaying linearly from ``ast_scale`` to 0 over ``ast_steps``.
+
+The loss is the photometric one only (L1 + D-SSIM, the trainer's), so
+:meth:`DeformableGaussians.regularization` is empty.
+
+Two documented deviations: ``δs`` is added to the *log* scale (a multiplicative
+update, so scales stay positive; the paper adds it to the activated scale),
+and the three output heads start at zero so switching the field on after the
+warm-up leaves the canonical fit untouched (the paper uses PyTorch's default
+initialisation).
+
+Defaults are sized for a CPU (4 x 64 MLP, 64-wide time net, 500 warm-up
+steps, 10k initial points); :meth:`DeformableConfig.paper` gives the
+published values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..gaussians import GaussianSet, init_splats
+from .base import ParamGroup, SceneInit
+from .static import GaussianLR, splat_param_groups
+
+__all__ = ["DeformableConfig", "DeformableGaussians", "DeformationField", "positional_encoding"]
+
+
+def positional_encoding(x: Tensor, num_freqs: int) -> Tensor:
+    """NeRF's encoding ``[x, sin(2^0 x), cos(2^0 x), ..., sin(2^(L-1) x), cos(2^(L-1) x)]``.
+
+    Args:
+        x: ``[..., D]``.
+        num_freqs: ``L``.
+
+    Returns:
+        ``[..., D * (1 + 2 L)]`` (frequency-major, as the reference code orders it).
+    """
+    if num_freqs == 0:
+        return x
+    freqs = 2.0 ** torch.arange(num_freqs, dtype=x.dtype, device=x.device)  # [L]
+    xf = x[..., None, :] * freqs[:, None]  # [..., L, D]
+    enc = torch.stack((torch.sin(xf), torch.cos(xf)), dim=-2)  # [..., L, 2, D]
+    return torch.cat((x, enc.flatten(-3)), dim=-1)
+
+
+@dataclass
+class DeformableConfig:
+    """Deformable 3DGS. Defaults are scaled down for a CPU; ``DeformableConfig.paper()`` is the published setup."""
+
+    # Highest SH degree (0-3).
+    sh_degree: int = 3
+    # Opacity of the initial Gaussians.
+    init_opacity: float = 0.1
+    # Subsample the initial point cloud to at most this many points (paper: 100k random points on D-NeRF).
+    max_init_points: int = 10_000
+    # Hidden layers of the deformation MLP (paper: 8).
+    net_depth: int = 4
+    # Width of the deformation MLP (paper: 256).
+    net_width: int = 64
+    # Frequencies of the positional encoding of x (paper: 10).
+    pos_freqs: int = 10
+    # Frequencies of the positional encoding of t (paper: 6 on synthetic data, 10 on real captures).
+    time_freqs: int = 6
+    # Hidden width of the time net γ(t) -> width -> time_net_out (paper: 256 on synthetic data; 0 feeds γ(t) directly).
+    time_net_width: int = 64
+    # Output size of the time net (paper: 30).
+    time_net_out: int = 30
+    # Steps that train the canonical Gaussians without deformation (paper: 3000).
+    warmup_steps: int = 500
+    # Annealed smoothing of time (paper: on for real captures, off for synthetic scenes).
+    ast: bool = False
+    # AST noise scale at step 0, in units of the frame interval (paper: 0.1).
+    ast_scale: float = 0.1
+    # Steps over which the AST noise decays to zero (paper: 20k).
+    ast_steps: int = 20_000
+    # Learning rates of the canonical Gaussians.
+    lr: GaussianLR = field(default_factory=GaussianLR)
+    # Learning rate of the deformation field, decaying log-linearly to deform_lr_final (paper: 8e-4 -> 1.6e-6).
+    deform_lr: float = 8e-4
+    deform_lr_final: float = 1.6e-6
+
+    @classmethod
+    def paper(cls) -> "DeformableConfig":
+        """The published D-NeRF setup (8 x 256 MLP, 3k warm-up steps, 100k initial points)."""
+        return cls(max_init_points=100_000, net_depth=8, net_width=256, time_net_width=256, warmup_steps=3000)
+
+
+class DeformationField(nn.Module):
+    """The MLP ``(γ(x), γ(t)) -> (δx [N,3], δq [N,4], δs [N,3])`` with one skip connection."""
+
+    def __init__(self, config: DeformableConfig) -> None:
+        super().__init__()
+        c = config
+        if c.net_depth < 1:
+            raise ValueError(f"net_depth must be >= 1, got {c.net_depth}")
+        self.pos_freqs, self.time_freqs = c.pos_freqs, c.time_freqs
+        x_ch = 3 * (1 + 2 * c.pos_freqs)
+        t_ch = 1 + 2 * c.time_freqs
+        if c.time_net_width > 0:
+            self.time_net = nn.Sequential(nn.Linear(t_ch, c.time_net_width), nn.ReLU(),
+                                          nn.Linear(c.time_net_width, c.time_net_out))
+            t_ch = c.time_net_out
+        else:
+            self.time_net = None
+        in_ch = x_ch + t_ch
+        self.skip = c.net_depth // 2
+        W = c.net_width
+        self.layers = nn.ModuleList(
+            [nn.Linear(in_ch, W)] + [nn.Linear(W + (in_ch if i == self.skip else 0), W) for i in range(1, c.net_depth)]
+        )
+        self.warp = nn.Linear(W, 3)
+        self.rotation = nn.Linear(W, 4)
+        self.scaling = nn.Linear(W, 3)
+        for head in (self.warp, self.rotation, self.scaling):
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+    def forward(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Offsets of Gaussians at ``x`` (``[N, 3]``) at time ``t`` (``[1]`` or ``[N, 1]``).
+
+        Returns:
+            ``(δx [N, 3], δq [N, 4], δs [N, 3])``.
+        """
+        x_emb = positional_encoding(x, self.pos_freqs)  # [N, 3(1+2L)]
+        t_emb = positional_encoding(t.reshape(-1, 1), self.time_freqs)  # [1 or N, 1+2Lt]
+        if self.time_net is not None:
+            t_emb = self.time_net(t_emb)
+        inp = torch.cat((x_emb, t_emb.expand(x.shape[0], -1)), dim=-1)
+        h = inp
+        for i, layer in enumerate(self.layers):
+            if i == self.skip:
+                h = torch.cat((inp, h), dim=-1)
+            h = F.relu(layer(h))
+        return self.warp(h), self.rotation(h), self.scaling(h)
+
+
+class DeformableGaussians(nn.Module):
+    """Canonical 3D Gaussians plus a deformation field (Deformable-3DGS)."""
+
+    name = "deformable"
+
+    def __init__(self, init: SceneInit, config: DeformableConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or DeformableConfig()
+        c = self.config
+        self.splats = init_splats(init.points, init.colors, sh_degree=c.sh_degree, init_opacity=c.init_opacity,
+                                  max_points=c.max_init_points)
+        self.deform = DeformationField(c)
+        self.extent = float(init.extent)
+        self.frame_interval = 1.0 / max(1, len(init.times))
+        self.max_sh_degree = c.sh_degree
+        self.sh_degree = 0
+        # The training step last seen by on_step (a buffer so a loaded checkpoint knows it is past the warm-up).
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    @property
+    def deforming(self) -> bool:
+        """Whether the deformation field is applied (after the warm-up)."""
+        return int(self.step) >= self.config.warmup_steps
+
+    def offsets(self, t: float) -> tuple[Tensor, Tensor, Tensor]:
+        """``(δx [N, 3], δq [N, 4], δs [N, 3])`` at time ``t`` (with AST noise while training)."""
+        means = self.splats["means"]
+        tt = means.new_tensor([float(t)])
+        if self.config.ast and self.training:
+            beta = self.config.ast_scale * max(0.0, 1.0 - int(self.step) / max(1, self.config.ast_steps))
+            tt = tt + torch.randn_like(tt) * self.frame_interval * beta
+        return self.deform(means.detach(), tt)
+
+    def gaussians_at(self, t: float) -> GaussianSet:
+        s = self.splats
+        means, quats, scales = s["means"], s["quats"], s["scales"]
+        if self.deforming:
+            dx, dq, ds = self.offsets(t)
+            means = means + dx
+            quats = F.normalize(quats, dim=-1) + dq
+            scales = scales + ds
+        return GaussianSet(means, quats, scales, s["opacities"], torch.cat((s["sh0"], s["shN"]), dim=1),
+                           self.sh_degree)
+
+    def param_groups(self) -> dict[str, ParamGroup]:
+        c = self.config
+        groups = splat_param_groups(self.splats, c.lr, self.extent)
+        groups["deform"] = ParamGroup(list(self.deform.parameters()), c.deform_lr, c.deform_lr_final,
+                                      delay_steps=c.warmup_steps)
+        return groups
+
+    def regularization(self, step: int) -> dict[str, Tensor]:
+        return {}
+
+    def on_step(self, step: int) -> None:
+        self.step.fill_(step)

@@ -1,0 +1,270 @@
+"""Per-Gaussian embedding-based deformation (Bae et al., ECCV 2024, "E-D3DGS").
+
+Every Gaussian carries a learnable embedding ``z_g`` (kept in ``splats``, so
+it is cloned, split and pruned with its Gaussian). Time is represented by a
+table of temporal embeddings, one per training frame time, interpolated
+linearly for times in between. Two decoders map the pair ``(z_t, z_g)`` to
+offsets of position, rotation (additive quaternion offset) and log-scale,
+optionally also opacity and SH colour:
+
+- the *coarse* decoder reads a coarse temporal embedding ``z_t^c``: the frame
+  table resampled (linearly) to ``coarse_embeddings`` control times, so it
+  only sees slow motion;
+- the *fine* decoder reads the fine embedding ``z_t^f``, whose number of
+  control times grows linearly from ``coarse_embeddings`` to one per frame over
+  ``c2f_steps`` (the paper's coarse-to-fine temporal embedding).
+
+The two decoders' offsets are summed. Losses of the paper's code: a local
+smoothness of the Gaussian embeddings (each Gaussian's embedding is pulled
+towards those of its ``knn`` nearest neighbours with weights
+``exp(-knn_weight_sharpness * d^2)``, Dynamic 3D Gaussians' weighted L2), a
+second-order smoothness of the temporal table along time, and an L1 pull of
+the opacities down (used by the paper in place of opacity resets).
+
+Defaults follow the paper's monocular configuration (deformed position,
+rotation and scale; zero-initialised embeddings; no annealing), scaled down
+for a CPU: temporal embeddings of 64 channels (paper: 256), decoders 64 wide
+(paper: 128). The neighbour distance ``d`` is measured in units of the scene
+extent so that one sharpness works for any scene scale (the code applies
+2000 to raw coordinates). Per-camera time offsets of the multi-view code
+are not modelled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..gaussians import GaussianSet, init_splats
+from ..render import num_sh_bases
+from .base import ParamGroup, SceneInit
+from .static import GaussianLR, splat_param_groups
+
+__all__ = ["EmbeddingConfig", "EmbeddingGaussians", "interp1d", "knn_indices"]
+
+
+@dataclass
+class EmbeddingConfig:
+    """E-D3DGS sized for a CPU by default."""
+
+    # Highest SH degree (0-3).
+    sh_degree: int = 3
+    # Opacity of the initial Gaussians.
+    init_opacity: float = 0.1
+    # Subsample the initial point cloud to at most this many points.
+    max_init_points: int = 20_000
+    # Learning rates of the canonical Gaussian parameters.
+    lr: GaussianLR = field(default_factory=GaussianLR)
+    # Channels of the per-Gaussian embedding (paper: 32).
+    gaussian_embedding_dim: int = 32
+    # Channels of the temporal embeddings (paper: 256).
+    temporal_embedding_dim: int = 64
+    # Control times of the coarse temporal embedding (paper: 30, capped at the number of frames).
+    coarse_embeddings: int = 30
+    # Steps over which the fine temporal embedding grows from coarse_embeddings to one per frame (0: per frame at once).
+    c2f_steps: int = 1000
+    # Standard deviation of the initial temporal embeddings (paper's monocular setting: 0).
+    temporal_init_std: float = 0.0
+    # Width of the decoders (paper: 128).
+    net_width: int = 64
+    # Linear layers of each decoder before its heads (paper's monocular setting: 1).
+    net_depth: int = 1
+    # Which Gaussian attributes are deformed (paper's monocular setting: position, rotation, scale).
+    deform_scale: bool = True
+    deform_rotation: bool = True
+    deform_opacity: bool = False
+    deform_color: bool = False
+    # Offsets are scaled by min(1, step / anneal_steps) (paper: 1000 for multi-view, off for monocular; 0 disables).
+    anneal_steps: int = 0
+    # Learning rate of the Gaussian embeddings (paper: 2.5e-3).
+    embedding_lr: float = 2.5e-3
+    # Learning rate of the decoders and temporal table, times the scene extent, decaying to net_lr_final.
+    net_lr: float = 1.6e-4
+    net_lr_final: float = 1.6e-5
+    # Weight of the embedding smoothness over spatial neighbours (paper: 1).
+    embedding_reg_weight: float = 1.0
+    # Neighbours per Gaussian in the embedding smoothness (paper: 20).
+    knn: int = 20
+    # Neighbour weights exp(-s * (d / extent)^2).
+    knn_weight_sharpness: float = 2000.0
+    # Weight of the second-order smoothness of the temporal table along time (paper's monocular setting: 1e-4).
+    temporal_smoothness_weight: float = 1e-4
+    # Weight of the mean opacity (paper: 1e-4).
+    opacity_l1_weight: float = 1e-4
+
+
+def interp1d(x: Tensor, values: Tensor, q: Tensor) -> Tensor:
+    """Piecewise-linear interpolation, constant beyond the ends.
+
+    Args:
+        x: ``[K]`` sorted knot positions; values: ``[K, D]``; q: ``[M]`` query positions.
+    Returns:
+        ``[M, D]``.
+    """
+    if x.shape[0] == 1:
+        return values.expand(q.shape[0], -1)
+    i = torch.searchsorted(x, q.contiguous()).clamp(1, x.shape[0] - 1)
+    x0, x1 = x[i - 1], x[i]
+    w = ((q - x0) / (x1 - x0).clamp_min(1e-12)).clamp(0.0, 1.0)[:, None]
+    return values[i - 1] * (1.0 - w) + values[i] * w
+
+
+@torch.no_grad()
+def knn_indices(points: Tensor, k: int, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+    """The ``k`` nearest other points of each of ``points`` ``[N, 3]``: indices ``[N, k]`` and squared distances ``[N, k]``."""
+    n = points.shape[0]
+    k = min(k, n - 1)
+    idx, d2 = [], []
+    for s in range(0, n, chunk):
+        d = torch.cdist(points[s : s + chunk], points).square_()
+        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = float("inf")
+        v, i = d.topk(k, largest=False)
+        idx.append(i)
+        d2.append(v)
+    return torch.cat(idx), torch.cat(d2)
+
+
+class Decoder(nn.Module):
+    """``(z_t [Dt], z_g [N, Dg]) -> hidden [N, W]`` then one head per deformed attribute.
+
+    The first layer is split so that the temporal part, shared by all Gaussians, is computed once.
+    """
+
+    def __init__(self, dt: int, dg: int, width: int, depth: int, outputs: dict[str, int]) -> None:
+        super().__init__()
+        self.dt = dt
+        self.first = nn.Linear(dt + dg, width)
+        layers: list[nn.Module] = []
+        for _ in range(depth - 1):
+            layers += [nn.ReLU(), nn.Linear(width, width)]
+        self.trunk = nn.Sequential(*layers)
+        self.heads = nn.ModuleDict({
+            k: nn.Sequential(nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, d))
+            for k, d in outputs.items()
+        })
+
+    def forward(self, z_t: Tensor, z_g: Tensor) -> dict[str, Tensor]:
+        """``z_t`` ``[Dt]``, ``z_g`` ``[N, Dg]`` -> ``{attribute: [N, D_attr]}``."""
+        w, b = self.first.weight, self.first.bias
+        h = F.linear(z_g, w[:, self.dt :]) + (w[:, : self.dt] @ z_t + b)
+        h = self.trunk(h)
+        return {k: head(h) for k, head in self.heads.items()}
+
+
+class EmbeddingGaussians(nn.Module):
+    """Canonical Gaussians deformed by coarse + fine decoders of (temporal, per-Gaussian) embeddings.
+
+    ``splats["embedding"]`` ``[N, Dg]``; ``temporal`` ``[T, Dt]`` one row per frame time;
+    buffers ``frame_times`` ``[T]``, ``fine_count`` (control times of the fine embedding) and
+    ``anneal`` (scale of the offsets).
+    """
+
+    name = "embedding"
+
+    def __init__(self, init: SceneInit, config: EmbeddingConfig | None = None) -> None:
+        super().__init__()
+        cfg = self.config = config or EmbeddingConfig()
+        self.splats = init_splats(init.points, init.colors, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,
+                                  max_points=cfg.max_init_points)
+        n = self.splats["means"].shape[0]
+        self.splats["embedding"] = nn.Parameter(torch.zeros(n, cfg.gaussian_embedding_dim))
+        self.extent = float(init.extent)
+        self.max_sh_degree = cfg.sh_degree
+        self.sh_degree = 0
+        times = torch.unique(init.times.float()) if init.times.numel() else torch.zeros(1)
+        self.register_buffer("frame_times", times)
+        self.temporal = nn.Parameter(torch.randn(len(times), cfg.temporal_embedding_dim) * cfg.temporal_init_std)
+        self.num_coarse = max(1, min(cfg.coarse_embeddings, len(times)))
+        self.register_buffer("fine_count", torch.tensor(self.num_coarse if cfg.c2f_steps > 0 else len(times)))
+        self.register_buffer("anneal", torch.tensor(0.0 if cfg.anneal_steps > 0 else 1.0))
+        outputs = {"means": 3}
+        if cfg.deform_rotation:
+            outputs["quats"] = 4
+        if cfg.deform_scale:
+            outputs["scales"] = 3
+        if cfg.deform_opacity:
+            outputs["opacities"] = 1
+        if cfg.deform_color:
+            outputs["colors"] = 3 * num_sh_bases(cfg.sh_degree)
+        args = (cfg.temporal_embedding_dim, cfg.gaussian_embedding_dim, cfg.net_width, cfg.net_depth, outputs)
+        self.coarse = Decoder(*args)
+        self.fine = Decoder(*args)
+        self._knn_cache: tuple[int, Tensor, Tensor] | None = None
+
+    # ------------------------------------------------------------ embeddings
+    def temporal_embedding(self, t: float, count: int) -> Tensor:
+        """``[Dt]``: the frame table resampled to ``count`` evenly spaced control times, read at ``t``.
+
+        With ``count`` at least the number of frames, the table itself is interpolated at its frame times.
+        """
+        q = self.frame_times.new_tensor([float(t)])
+        if count >= len(self.frame_times):
+            return interp1d(self.frame_times, self.temporal, q)[0]
+        ctrl = torch.linspace(float(self.frame_times[0]), float(self.frame_times[-1]), count,
+                              device=self.frame_times.device)
+        return interp1d(ctrl, interp1d(self.frame_times, self.temporal, ctrl), q)[0]
+
+    def deltas(self, t: float) -> dict[str, Tensor]:
+        """Summed coarse + fine offsets at ``t``, each ``[N, D_attr]``, scaled by ``anneal``."""
+        z_g = self.splats["embedding"]
+        dc = self.coarse(self.temporal_embedding(t, self.num_coarse), z_g)
+        df = self.fine(self.temporal_embedding(t, int(self.fine_count)), z_g)
+        return {k: (dc[k] + df[k]) * self.anneal for k in dc}
+
+    def gaussians_at(self, t: float) -> GaussianSet:
+        """The canonical Gaussians plus the decoders' offsets at ``t``."""
+        s = self.splats
+        d = self.deltas(t)
+        quats = s["quats"] + d["quats"] if "quats" in d else s["quats"]
+        scales = s["scales"] + d["scales"] if "scales" in d else s["scales"]
+        opacities = s["opacities"] + d["opacities"][:, 0] if "opacities" in d else s["opacities"]
+        colors = torch.cat((s["sh0"], s["shN"]), dim=1)
+        if "colors" in d:
+            colors = colors + d["colors"].view(colors.shape)
+        return GaussianSet(s["means"] + d["means"], quats, scales, opacities, colors, self.sh_degree)
+
+    # ------------------------------------------------------------- training
+    def param_groups(self) -> dict[str, ParamGroup]:
+        cfg, e = self.config, self.extent
+        groups = splat_param_groups(self.splats, cfg.lr, e)
+        groups["embedding"] = ParamGroup([self.splats["embedding"]], cfg.embedding_lr)
+        nets = [p for n, p in self.named_parameters() if not n.startswith("splats.")]
+        groups["embedding_deformation"] = ParamGroup(nets, cfg.net_lr * e, cfg.net_lr_final * e)
+        return groups
+
+    def _neighbours(self) -> tuple[Tensor, Tensor]:
+        """kNN of the canonical means (``[N, k]`` indices and weights), recomputed when ``N`` changes."""
+        means = self.splats["means"].detach()
+        n = means.shape[0]
+        if self._knn_cache is None or self._knn_cache[0] != n or self._knn_cache[1].device != means.device:
+            idx, d2 = knn_indices(means, self.config.knn)
+            w = torch.exp(-self.config.knn_weight_sharpness * d2 / self.extent**2)
+            self._knn_cache = (n, idx, w)
+        return self._knn_cache[1], self._knn_cache[2]
+
+    def regularization(self, step: int) -> dict[str, Tensor]:
+        """Embedding smoothness over neighbours, temporal-table smoothness and mean opacity (weighted)."""
+        cfg, out = self.config, {}
+        emb = self.splats["embedding"]
+        if cfg.embedding_reg_weight > 0 and emb.shape[0] > 1:
+            idx, w = self._neighbours()
+            diff2 = (emb[:, None, :] - emb[idx]).square().sum(-1)  # [N, k]
+            out["embedding_smoothness"] = cfg.embedding_reg_weight * torch.sqrt(diff2 * w + 1e-20).mean()
+        if cfg.temporal_smoothness_weight > 0 and self.temporal.shape[0] > 2:
+            first = self.temporal[1:] - self.temporal[:-1]
+            out["temporal_smoothness"] = cfg.temporal_smoothness_weight * (first[1:] - first[:-1]).square().mean()
+        if cfg.opacity_l1_weight > 0:
+            out["opacity_l1"] = cfg.opacity_l1_weight * torch.sigmoid(self.splats["opacities"]).mean()
+        return out
+
+    def on_step(self, step: int) -> None:
+        """Grow the fine temporal embedding (coarse-to-fine) and ramp the offsets (annealing)."""
+        cfg, total = self.config, len(self.frame_times)
+        if cfg.c2f_steps > 0:
+            frac = min(step, cfg.c2f_steps) / cfg.c2f_steps
+            self.fine_count.fill_(int(self.num_coarse + (total - self.num_coarse) * frac))
+        if cfg.anneal_steps > 0:
+            self.anneal.fill_(min(1.0, step / cfg.anneal_steps))

@@ -1,0 +1,18 @@
+"""Mixture of Gaussian-splatting experts (MoE-GS): Gaussian-level gates, volume-aware pixel routing.
+
+- :mod:`.gates`: per-Gaussian gates (linear-in-time logit, or a small network).
+- :mod:`.router`: the five router variants behind one interface, the 1x1-conv pixel decoder, the softmax.
+- :mod:`.mixture`: :class:`Mixture`, rendering ``I(p) = sum_k w_k(p) I_k(p)``.
+- :mod:`.train`: :class:`MoEConfig`, stages 2/3, checkpoints, :func:`train_mixture`, :func:`load_mixture`.
+- :mod:`.prune`, :mod:`.distill`, :mod:`.viz`, :mod:`.ablation`: efficiency, figures and the ablation table.
+"""
+
+from .gates import Gate, LinearGate, MLPGate, build_gate
+from .mixture import Mixture, MixtureOutput
+from .router import ROUTERS, Router, RouterInputs, prior_logits
+from .train import (MixtureTrainer, MoEConfig, build_mixture, evaluate_mixture, expert_meta, load_mixture,
+                    save_mixture, train_mixture)
+
+__all__ = ["Gate", "LinearGate", "MLPGate", "build_gate", "Mixture", "MixtureOutput", "ROUTERS", "Router",
+           "RouterInputs", "prior_logits", "MixtureTrainer", "MoEConfig", "build_mixture", "evaluate_mixture",
+           "expert_meta", "load_mixture", "save_mixture", "train_mixture"]

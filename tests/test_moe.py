@@ -1,0 +1,273 @@
+"""Tests of the mixture of experts: normalisation, gradient flow, routing on a constructed scene,
+checkpoints and resume, the uniform ablation, corrupt checkpoints."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from moegs.cameras import Camera
+from moegs.data import Scene, View
+from moegs.errors import CheckpointError
+from moegs.experts import SceneInit
+from moegs.experts.static import StaticConfig, StaticGaussians
+from moegs.moe import ROUTERS, MixtureTrainer, MoEConfig, build_mixture, expert_meta, load_mixture, train_mixture
+from moegs.render import rgb_to_sh0
+from moegs.train.checkpoint import save_expert
+
+W, H = 32, 24
+
+
+class ArraySource:
+    """An in-memory image."""
+
+    def __init__(self, key: str, arr: np.ndarray) -> None:
+        self.key = key
+        self.arr = arr
+
+    def load(self) -> np.ndarray:
+        return self.arr
+
+
+def plane_expert(corrupt: str | None) -> StaticGaussians:
+    """A static expert: a grid of opaque Gaussians on the plane z = 0 with a smooth colour pattern;
+    ``corrupt`` = ``"left"`` (x < 0) or ``"right"`` (x > 0) inverts the colours of that half."""
+    xs, ys = torch.meshgrid(torch.linspace(-1.3, 1.3, 27), torch.linspace(-1.0, 1.0, 21), indexing="xy")
+    pts = torch.stack((xs.flatten(), ys.flatten(), torch.zeros(xs.numel())), -1)
+    col = torch.stack((0.5 + 0.4 * torch.sin(3 * pts[:, 0]), 0.5 + 0.4 * torch.cos(4 * pts[:, 1]),
+                       0.5 + 0.3 * torch.sin(2 * (pts[:, 0] + pts[:, 1]))), -1)
+    if corrupt is not None:
+        sel = pts[:, 0] < 0 if corrupt == "left" else pts[:, 0] > 0
+        col[sel] = 1.0 - col[sel]
+    e = StaticGaussians(SceneInit(pts, col, extent=1.0, times=torch.tensor([0.0, 0.5, 1.0])),
+                        StaticConfig(sh_degree=0, init_opacity=0.95))
+    with torch.no_grad():
+        e.splats["scales"].fill_(math.log(0.07))
+        e.splats["sh0"].copy_(rgb_to_sh0(col)[:, None])
+    return e
+
+
+def camera(x: float, y: float, t: float, name: str) -> Camera:
+    w2c = torch.eye(4)
+    w2c[:3, 3] = torch.tensor([-x, -y, 3.0])  # camera at (x, y, -3) looking along +z
+    return Camera(w2c, fx=48.0, fy=48.0, cx=W / 2, cy=H / 2, width=W, height=H, time=t, name=name)
+
+
+def plane_scene() -> Scene:
+    gt = plane_expert(None)
+    views = []
+    for i, (x, y) in enumerate([(0.0, 0.0), (0.08, 0.0), (-0.08, 0.05), (0.0, -0.06), (0.05, 0.06), (-0.05, -0.04)]):
+        for t in (0.0, 0.5, 1.0):
+            cam = camera(x, y, t, f"cam{i}_t{t}")
+            with torch.no_grad():
+                img = gt.gaussians_at(t).render(cam, backend="torch").color
+            views.append(View(cam, ArraySource(cam.name, img.numpy().astype(np.float32)), camera_id=i))
+    test = [v for v in views if v.camera_id == 0]
+    train = [v for v in views if v.camera_id != 0]
+    return Scene("plane", "memory", train, test, gt.splats["means"].detach().clone(), torch.full((567, 3), 0.5))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return plane_scene()
+
+
+def small_config(**kw) -> MoEConfig:
+    cfg = dict(steps=20, checkpoint_every=10, log_every=10, backend="auto", device="cpu", eval_at_end=False,
+               hidden=16, prior_views=4)
+    cfg.update(kw)
+    return MoEConfig(**cfg)
+
+
+def make_mixture(scene, router: str, **kw):
+    experts = [plane_expert("left"), plane_expert("right")]
+    cfg = small_config(router=router, **kw)
+    mixture, info = build_mixture(experts, scene, cfg)
+    metas = [expert_meta(e, {"extent": 1.0, "times": scene.times}) for e in experts]
+    return mixture, cfg, metas, info
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_weights_sum_to_one(scene, router):
+    mixture, *_ = make_mixture(scene, router, prior_weight=0.7)
+    with torch.no_grad():
+        for p in mixture.router.parameters():  # away from the (uniform-ish) start
+            p.add_(0.5 * torch.randn_like(p))
+        out = mixture.render(scene.test_views[0])
+    assert out.weights.shape == (H, W, 2) and out.expert_colors.shape == (2, H, W, 3)
+    assert torch.allclose(out.weights.sum(-1), torch.ones(H, W), atol=1e-5)
+    assert (out.weights >= 0).all()
+    assert torch.allclose(out.color, torch.einsum("hwk,khwc->hwc", out.weights, out.expert_colors), atol=1e-6)
+
+
+def test_uniform_is_the_plain_average(scene):
+    mixture, *_ = make_mixture(scene, "uniform")
+    with torch.no_grad():
+        out = mixture.render(scene.test_views[1])
+        a = mixture.experts[0].gaussians_at(0.5).render(scene.test_views[1].camera, backend="torch").color
+        b = mixture.experts[1].gaussians_at(0.5).render(scene.test_views[1].camera, backend="torch").color
+    assert torch.allclose(out.color, 0.5 * (a + b), atol=1e-5)
+
+
+@pytest.mark.parametrize("gate", ["linear", "mlp"])
+def test_stage2_gradients_reach_gates_and_decoder_not_experts(scene, gate):
+    mixture, cfg, metas, _ = make_mixture(scene, "full", gate=gate)
+    before = {k: v.detach().clone() for k, v in mixture.experts.state_dict().items()}
+    gates_before = [{k: v.detach().clone() for k, v in g.per_gaussian.items()} for g in mixture.gates]
+    trainer = MixtureTrainer(mixture, scene, cfg, metas)
+    for _ in range(3):  # the decoder's output layer starts at zero: after a step every layer gets gradients
+        trainer.train_step()
+    out = mixture.render(scene.train_views[0])
+    ((out.color - scene.image(scene.train_views[0])) ** 2).mean().backward()
+    for g in mixture.gates:
+        for p in g.per_gaussian.values():
+            assert p.grad is not None and p.grad.abs().sum() > 0
+    for p in mixture.router.decoder.parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    for p in mixture.experts.parameters():
+        assert p.grad is None and not p.requires_grad
+    for k, v in mixture.experts.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    moved = [not torch.equal(g.per_gaussian[k], gb[k]) for g, gb in zip(mixture.gates, gates_before) for k in gb]
+    assert all(moved)
+
+
+@pytest.mark.parametrize("router", ["full", "gates"])
+def test_router_routes_each_half_to_the_right_expert(scene, router):
+    # Expert 0 has the wrong colours on the left (x < 0, image left), expert 1 on the right.
+    mixture, cfg, metas, _ = make_mixture(scene, router, steps=300, prior_weight=0.0, ssim_lambda=0.0)
+    MixtureTrainer(mixture, scene, cfg, metas).train(progress=False)
+    shares = []
+    with torch.no_grad():
+        for v in scene.test_views:
+            w = mixture.render(v).weights
+            left, right = w[4:-4, : int(0.4 * W)], w[4:-4, int(0.6 * W):]
+            shares.append((float(left[..., 1].mean()), float(right[..., 0].mean())))
+    for left_to_1, right_to_0 in shares:
+        assert left_to_1 > 0.8 and right_to_0 > 0.8, shares
+
+
+def _expert_ckpts(tmp_path, scene):
+    paths = []
+    for i, c in enumerate(("left", "right")):
+        p = tmp_path / f"expert{i}.pt"
+        save_expert(p, plane_expert(c), None, scene_meta={"extent": 1.0, "times": scene.times})
+        paths.append(p)
+    return paths
+
+
+def test_checkpoint_save_load_and_resume_reproduces(tmp_path, scene):
+    ckpts = _expert_ckpts(tmp_path, scene)
+    cfg = small_config(router="full", steps=12, joint_steps=8, checkpoint_every=10)
+    train_mixture(ckpts, scene, cfg, tmp_path / "full_run", progress=False)
+    full, _ = load_mixture(tmp_path / "full_run" / "checkpoints" / "last.pt")
+    # Interrupted at step 10 (stage 2), resumed across the switch to stage 3.
+    resumed_dir = tmp_path / "resumed"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    shutil.copy(tmp_path / "full_run" / "checkpoints" / "step_000010.pt", resumed_dir / "checkpoints" / "last.pt")
+    summary = train_mixture(ckpts, scene, cfg, resumed_dir, resume=True, progress=False)
+    assert summary["steps"] == 20
+    resumed, payload = load_mixture(resumed_dir / "checkpoints" / "last.pt")
+    assert payload["trainer"]["stage"] == 3
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-5), k
+    # Stage 3 changed the experts, and the loaded mixture renders like the trained one.
+    e0 = plane_expert("left")
+    assert not torch.allclose(full.experts[0].splats["sh0"], e0.splats["sh0"])
+    with torch.no_grad():
+        assert torch.allclose(full.render(scene.test_views[0]).color, resumed.render(scene.test_views[0]).color,
+                              atol=1e-5)
+
+
+def test_corrupt_mixture_checkpoint_raises(tmp_path, scene):
+    ckpts = _expert_ckpts(tmp_path, scene)
+    run = tmp_path / "run"
+    train_mixture(ckpts, scene, small_config(router="gates", steps=2, checkpoint_every=2), run, progress=False)
+    good = (run / "checkpoints" / "last.pt").read_bytes()
+    bad = tmp_path / "truncated.pt"
+    bad.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError):
+        load_mixture(bad)
+    with pytest.raises(CheckpointError):  # an expert checkpoint is not a mixture checkpoint
+        load_mixture(ckpts[0])
+    payload = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
+    payload["model"] = {k: v for k, v in payload["model"].items() if not k.startswith("gates.")}
+    torch.save(payload, tmp_path / "no_gates.pt")
+    with pytest.raises(CheckpointError):
+        load_mixture(tmp_path / "no_gates.pt")
+
+
+def test_gate_prune_removes_low_gates_and_keeps_alignment(scene):
+    from moegs.moe.prune import gate_prune
+
+    mixture, *_ = make_mixture(scene, "gates")
+    n = mixture.experts[0].splats["means"].shape[0]
+    g = mixture.gates[0].per_gaussian
+    with torch.no_grad():
+        g["w"][:100] = -10.0  # low at every t: pruned
+        g["f"][:50] = 30.0  # ... except these, whose gate rises to sigmoid(5) at t = 1: kept
+        kept_sh0 = mixture.experts[0].splats["sh0"][torch.cat((torch.arange(50), torch.arange(100, n)))].clone()
+    report = gate_prune(mixture, threshold=0.05)
+    assert report["removed"] == [50, 0] and report["after"] == [n - 50, n]
+    assert torch.equal(mixture.experts[0].splats["sh0"], kept_sh0)
+    assert mixture.gates[0].per_gaussian["w"].shape == (n - 50,)
+    assert torch.equal(mixture.gates[0].per_gaussian["f"][:50], torch.full((50,), 30.0))
+    with torch.no_grad():
+        assert torch.isfinite(mixture.render(scene.test_views[0]).color).all()
+
+
+def test_mlp_gate_max_over_time_bounds_every_time(scene):
+    mixture, *_ = make_mixture(scene, "full", gate="mlp")
+    gate, expert = mixture.gates[0], mixture.experts[0]
+    with torch.no_grad():
+        for p in gate.net.parameters():
+            p.add_(torch.randn_like(p))
+        times = [0.0, 0.3, 1.0]
+        top = gate.max_over_time(expert, times)
+        for t in times:
+            assert (gate(expert.gaussians_at(t), t) <= top + 1e-6).all()
+
+
+def test_viz_writes_figures_video_and_histogram(tmp_path, scene):
+    from moegs.moe.viz import frame_panel, render_weight_video, save_weight_figure, usage_histogram
+
+    mixture, *_ = make_mixture(scene, "full", prior_weight=0.9)
+    with torch.no_grad():
+        out = mixture.render(scene.test_views[0])
+    panel = frame_panel(out, mixture.names)
+    assert panel.shape[1] == 4 * W and panel.shape[0] > H and panel.dtype == np.uint8
+    assert save_weight_figure(out, mixture.names, tmp_path / "w.png", gt=scene.image(scene.test_views[0])).is_file()
+    assert render_weight_video(mixture, scene.test_views[0].camera, [0.0, 0.5, 1.0], tmp_path / "w.mp4").is_file()
+    hist = usage_histogram(mixture, scene, tmp_path / "usage.png")
+    assert (tmp_path / "usage.png").is_file()
+    assert abs(sum(hist["usage"]) - 1.0) < 1e-5 and hist["usage"][0] > 0.85  # the prior favours expert 0 (tie)
+
+
+def test_distill_trains_a_student_on_mixture_renders(scene):
+    from moegs.moe.distill import distill, teacher_scene
+    from moegs.train import TrainConfig
+
+    mixture, *_ = make_mixture(scene, "uniform")
+    teacher = teacher_scene(mixture, scene)
+    with torch.no_grad():
+        v = scene.train_views[3]
+        assert torch.allclose(teacher.image(teacher.train_views[3]), mixture.render(v).color.clamp(0, 1), atol=1e-6)
+    student, res = distill(mixture, "static", scene, 40, TrainConfig(eval_at_end=False, device="cpu"))
+    assert res["steps"] == 40 and math.isfinite(res["psnr"]) and res["num_gaussians"] > 0
+
+
+def test_ablation_table(tmp_path, scene):
+    from moegs.moe.ablation import format_table, run_ablation
+
+    rows = run_ablation(_expert_ckpts(tmp_path, scene), scene, small_config(steps=5), tmp_path / "abl",
+                        routers=("uniform", "image"))
+    assert [r["router"] for r in rows] == ["uniform", "image"]
+    assert all(math.isfinite(r["test_psnr"]) for r in rows)
+    table = format_table(rows, ["router", "description", "test_psnr"])
+    assert "uniform average" in table and len(table.splitlines()) == 4

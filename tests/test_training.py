@@ -1,0 +1,87 @@
+"""The shared trainer: resume exactness, densification, learning-rate schedule, real-scene PSNR."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import data_path
+from moegs.data import DataConfig, load_scene
+from moegs.train import TrainConfig
+from moegs.train.run import train_expert
+from moegs.train.trainer import Optimization, Trainer
+from moegs.experts import ParamGroup
+
+
+def _cfg(steps, **kw):
+    cfg = TrainConfig(expert="static", steps=steps, log_every=5, checkpoint_every=10, backend="cpu",
+                      eval_at_end=False, **kw)
+    cfg.strategy.refine_start_iter = 5
+    cfg.strategy.refine_every = 5
+    cfg.strategy.reset_every = 15
+    return cfg
+
+
+def test_resume_reproduces_the_uninterrupted_run(toy_scene, tmp_path, monkeypatch):
+    full = train_expert(toy_scene, _cfg(30), tmp_path / "full", progress=False)
+    # Interrupted run: killed right after its step-10 checkpoint, then resumed to 30.
+    save = Trainer.save_checkpoint
+
+    def save_then_die(self):
+        path = save(self)
+        if self.step == 10:
+            raise KeyboardInterrupt
+        return path
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_expert(toy_scene, _cfg(30), tmp_path / "part", progress=False)
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    resumed = train_expert(toy_scene, _cfg(30), tmp_path / "part", resume=True, progress=False)
+    a = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    b = [json.loads(l) for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        assert ra["num_gaussians"] == rb["num_gaussians"]
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-5, abs=1e-7), (ra, rb)
+    assert full["steps"] == resumed["steps"] == 30
+
+
+def test_lr_schedule_is_log_linear():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = Optimization({"means": ParamGroup([p], 1e-2, 1e-4)}, max_steps=100)
+    assert opt.lr_at("means", 0) == pytest.approx(1e-2)
+    assert opt.lr_at("means", 50) == pytest.approx(1e-3)
+    assert opt.lr_at("means", 100) == pytest.approx(1e-4)
+
+
+def test_densification_grows_and_prunes(toy_scene, tmp_path):
+    cfg = _cfg(20)
+    cfg.strategy.grow_grad2d = 1e-5
+    cfg.strategy.reset_every = 0
+    train_expert(toy_scene, cfg, tmp_path / "r", progress=False)
+    recs = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["num_gaussians"] > recs[0]["num_gaussians"]
+
+
+@pytest.mark.slow
+def test_static_3dgs_on_real_n3v_frame(tmp_path):
+    """3DGS on the three N3V views of flame_steak (COLMAP points, 1/16 resolution: 168x126).
+
+    Measured: train-view PSNR ~30 dB after 400 steps (this machine, 2 cores); the bar is 26 dB.
+    """
+    path = data_path("n3v_flame_steak_frame0")
+    with pytest.warns(UserWarning, match="missing on disk"):
+        scene = load_scene(path, DataConfig(downscale=16))
+    cfg = TrainConfig(expert="static", steps=400, log_every=50, checkpoint_every=400, backend="cpu")
+    cfg.strategy.refine_start_iter = 100
+    cfg.strategy.refine_every = 100
+    cfg.strategy.reset_every = 0
+    cfg.sh_increase_every = 100
+    summary = train_expert(scene, cfg, tmp_path / "run", progress=False)
+    recs = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert recs[0]["psnr"] < 20.0
+    assert summary["test_psnr"] > 26.0, summary
+    assert (tmp_path / "run" / "renders" / "test").is_dir()
