@@ -150,7 +150,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..data.inspect import print_inspection
 
-    print_inspection(args.path, _data_config(args))
+    facts = print_inspection(args.path, _data_config(args))
+    if facts.get("error"):
+        print(f"moegs: error: {facts['error']}", file=sys.stderr)
+        return 2
     return 0
 
 
