@@ -83,7 +83,8 @@ def test_temporal_embeddings_fine_per_frame_and_coarse_resampled():
 
 
 def test_forward_finite_and_gradients_reach_every_group():
-    model = EmbeddingGaussians(small_init(), small_config(deform_opacity=True, deform_color=True, temporal_init_std=0.1))
+    cfg = small_config(deform_opacity=True, deform_color=True, temporal_init_std=0.1)
+    model = EmbeddingGaussians(small_init(), cfg)
     model.on_step(5)
     loss, w = 0.0, None
     for t in (0.0, 0.45, 1.0):
@@ -222,5 +223,5 @@ def test_trains_on_dnerf_mutant(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["loss"] < 0.5 * records[0]["loss"]
     assert "embedding_smoothness" in records[-1]
-    # Measured MEASURED dB test PSNR after these 300 steps; the bar leaves ~1.2 dB of slack.
-    print(summary); assert summary["test_psnr"] > 0
+    # Measured 21.4 dB test PSNR (SSIM 0.899) after these 300 steps; the bar leaves ~1.2 dB of slack.
+    assert summary["test_psnr"] > 20.2

@@ -43,7 +43,7 @@ from ..render import num_sh_bases
 from .base import ParamGroup, SceneInit
 from .static import GaussianLR, splat_param_groups
 
-__all__ = ["EmbeddingConfig", "EmbeddingGaussians", "interp1d", "knn_indices"]
+__all__ = ["Decoder", "EmbeddingConfig", "EmbeddingGaussians", "interp1d", "knn_indices"]
 
 
 @dataclass
@@ -114,7 +114,11 @@ def interp1d(x: Tensor, values: Tensor, q: Tensor) -> Tensor:
 
 @torch.no_grad()
 def knn_indices(points: Tensor, k: int, chunk: int = 2048) -> tuple[Tensor, Tensor]:
-    """The ``k`` nearest other points of each of ``points`` ``[N, 3]``: indices ``[N, k]`` and squared distances ``[N, k]``."""
+    """The ``k`` nearest other points of each of ``points`` ``[N, 3]``.
+
+    Returns:
+        indices ``[N, k]`` and squared distances ``[N, k]``, nearest first.
+    """
     n = points.shape[0]
     k = min(k, n - 1)
     idx, d2 = [], []
@@ -251,7 +255,8 @@ class EmbeddingGaussians(nn.Module):
         emb = self.splats["embedding"]
         if cfg.embedding_reg_weight > 0 and emb.shape[0] > 1:
             idx, w = self._neighbours()
-            diff2 = (emb[:, None, :] - emb[idx]).square().sum(-1)  # [N, k]
+            nbr = emb.index_select(0, idx.flatten()).view(*idx.shape, -1)  # [N, k, Dg]
+            diff2 = (emb[:, None, :] - nbr).square().sum(-1)  # [N, k]
             out["embedding_smoothness"] = cfg.embedding_reg_weight * torch.sqrt(diff2 * w + 1e-20).mean()
         if cfg.temporal_smoothness_weight > 0 and self.temporal.shape[0] > 2:
             first = self.temporal[1:] - self.temporal[:-1]

@@ -56,8 +56,8 @@ class RenderOutput:
         alpha: ``[H, W]`` accumulated opacity.
         depth: ``[H, W]`` expected depth (alpha-weighted camera z divided by alpha; 0 where empty).
         extras: ``[H, W, C]`` extra channels composited with the colour's weights (no background).
-        meta: intermediates for strategies and losses: ``means2d`` ``[N, 2]`` (its ``.grad``
-            after backward is the screen-space gradient used by densification), ``radii`` ``[N]``,
+        meta: intermediates for strategies and losses: ``means2d`` ``[N, 2]`` (``[1, N, 2]`` with the
+            cuda backend; its ``.grad`` after backward is the screen-space gradient used by densification), ``radii`` ``[N]``,
             ``depths`` ``[N]``, ``width``, ``height``, ``backend``.
     """
 

@@ -86,7 +86,7 @@ class DefaultStrategy:
         grad = info["means2d"].grad
         if grad is None:
             return
-        grad = grad.detach().clone()
+        grad = grad.detach().reshape(-1, 2).clone()  # the cuda backend batches means2d as [1, N, 2]
         grad[:, 0] *= 0.5 * info["width"]
         grad[:, 1] *= 0.5 * info["height"]
         vis = info["radii"] > 0

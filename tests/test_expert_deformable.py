@@ -1,0 +1,162 @@
+"""The Deformable-3DGS expert: encoding, deformation field, warm-up, gradients, densification, checkpoints,
+real training."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+from conftest import data_path
+
+from moegs.cameras import Camera, look_at
+from moegs.data import DataConfig, load_scene
+from moegs.experts import EXPERTS, Expert, SceneInit
+from moegs.experts.deformable import DeformableConfig, DeformableGaussians, positional_encoding
+from moegs.train import ops
+from moegs.train.checkpoint import load_expert, save_expert
+from moegs.train.config import TrainConfig
+from moegs.train.run import train_expert
+from moegs.train.trainer import Optimization
+
+
+def small_init(n: int = 200) -> SceneInit:
+    g = torch.Generator().manual_seed(3)
+    return SceneInit(points=torch.rand(n, 3, generator=g) * 2 - 1, colors=torch.rand(n, 3, generator=g),
+                     extent=2.0, times=torch.linspace(0, 1, 8))
+
+
+def small_config(**kw) -> DeformableConfig:
+    base = dict(sh_degree=1, net_depth=4, net_width=16, time_net_width=8, time_net_out=6, warmup_steps=5)
+    base.update(kw)
+    return DeformableConfig(**base)
+
+
+def camera(t: float = 0.0) -> Camera:
+    return Camera(look_at(torch.tensor([0.0, -4.0, 0.0]), torch.zeros(3)), fx=40.0, fy=40.0, cx=20.0, cy=16.0,
+                  width=40, height=32, time=t)
+
+
+def randomize_heads(model: DeformableGaussians) -> None:
+    with torch.no_grad():
+        for head in (model.deform.warp, model.deform.rotation, model.deform.scaling):
+            head.weight.normal_(0, 0.05)
+            head.bias.normal_(0, 0.05)
+
+
+def test_registered_and_protocol():
+    assert EXPERTS["deformable"] == (DeformableConfig, DeformableGaussians)
+    model = DeformableGaussians(small_init(), small_config())
+    assert isinstance(model, Expert)
+    paper = DeformableConfig.paper()
+    assert (paper.net_depth, paper.net_width, paper.pos_freqs, paper.time_freqs, paper.warmup_steps) == (8, 256, 10, 6,
+                                                                                                         3000)
+
+
+def test_positional_encoding_by_hand():
+    x = torch.tensor([[0.5, -1.0]])
+    enc = positional_encoding(x, 2)
+    want = [0.5, -1.0, math.sin(0.5), math.sin(-1.0), math.cos(0.5), math.cos(-1.0),
+            math.sin(1.0), math.sin(-2.0), math.cos(1.0), math.cos(-2.0)]
+    assert enc.shape == (1, 10)
+    assert torch.allclose(enc[0], torch.tensor(want), atol=1e-6)
+    assert torch.equal(positional_encoding(x, 0), x)
+
+
+def test_warmup_then_deformation_changes_with_time():
+    model = DeformableGaussians(small_init(), small_config(warmup_steps=5))
+    randomize_heads(model)
+    model.on_step(4)  # still warming up: the canonical Gaussians at every time
+    a, b = model.gaussians_at(0.0), model.gaussians_at(1.0)
+    assert torch.equal(a.means, model.splats["means"]) and torch.equal(a.means, b.means)
+    model.on_step(5)
+    a, b = model.gaussians_at(0.0), model.gaussians_at(1.0)
+    for gs in (a, b):
+        for k in ("means", "quats", "log_scales", "opacity_logits", "colors"):
+            assert torch.isfinite(getattr(gs, k)).all()
+    assert (a.means - b.means).abs().max() > 1e-4
+    assert (a.log_scales - b.log_scales).abs().max() > 1e-4
+    # the network sees the canonical position through a stop-gradient, as in the paper
+    dx, _, _ = model.offsets(0.3)
+    dx.sum().backward()
+    assert model.splats["means"].grad is None
+    img0 = a.render(camera(0.0), backend="torch").color
+    img1 = b.render(camera(1.0), backend="torch").color
+    assert torch.isfinite(img0).all() and (img0 - img1).abs().max() > 1e-4
+
+
+def test_zero_heads_leave_canonical_fit_and_every_weight_learns():
+    model = DeformableGaussians(small_init(), small_config(warmup_steps=0))
+    model.on_step(0)
+    model.sh_degree = 1
+    with torch.no_grad():  # anisotropic Gaussians: otherwise rotations get no gradient by symmetry
+        model.splats["scales"].add_(0.3 * torch.randn_like(model.splats["scales"]))
+    gs = model.gaussians_at(0.7)
+    assert torch.allclose(gs.means, model.splats["means"])  # zero-initialised heads: no offset yet
+    opt = Optimization(model.param_groups(), 10)
+    target = torch.rand(32, 40, 3)
+    for _ in range(2):  # step 1 moves the heads off zero, step 2 reaches the trunk
+        opt.zero_grad()
+        img = model.gaussians_at(0.7).render(camera(0.7), backend="torch").color
+        (img - target).abs().mean().backward()
+        grads = {k: g.params[0].grad for k, g in opt.groups.items() if k != "deform"}
+        opt.step()
+    for k, g in grads.items():
+        assert g is not None and g.abs().sum() > 0, k
+    for name, p in model.deform.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+        assert torch.isfinite(p.grad).all()
+
+
+def test_densification_keeps_rows_aligned_and_network_untouched():
+    model = DeformableGaussians(small_init(), small_config(warmup_steps=0))
+    randomize_heads(model)
+    opt = Optimization(model.param_groups(), 100)
+    n = model.splats["means"].shape[0]
+    with torch.no_grad():
+        model.splats["opacities"].copy_(torch.arange(n, dtype=torch.float32))
+    before = {k: v.detach().clone() for k, v in model.splats.items()}
+    net = {k: v.detach().clone() for k, v in model.deform.state_dict().items()}
+    state = {"grad2d": torch.arange(n, dtype=torch.float32)}
+    g = torch.Generator().manual_seed(0)
+    ops.duplicate(model.splats, opt.optimizers, state, torch.rand(n, generator=g) < 0.3)
+    ops.split(model.splats, opt.optimizers, state, torch.rand(model.splats["means"].shape[0], generator=g) < 0.3)
+    ops.remove(model.splats, opt.optimizers, state, torch.rand(model.splats["means"].shape[0], generator=g) < 0.3)
+    ids = model.splats["opacities"].detach().long()
+    assert torch.equal(state["grad2d"].long(), ids)
+    for k in ("quats", "sh0", "shN"):
+        assert torch.equal(model.splats[k].detach(), before[k][ids])
+    assert all(torch.equal(v, net[k]) for k, v in model.deform.state_dict().items())
+    assert model.gaussians_at(0.5).means.shape[0] == len(ids)
+
+
+def test_checkpoint_round_trip_renders_identically(tmp_path):
+    model = DeformableGaussians(small_init(), small_config(warmup_steps=3))
+    randomize_heads(model)
+    model.on_step(10)
+    opt = Optimization(model.param_groups(), 10)
+    ops.duplicate(model.splats, opt.optimizers, {}, torch.rand(model.splats["means"].shape[0]) < 0.5)
+    model.sh_degree = 1
+    path = tmp_path / "d.pt"
+    save_expert(path, model, scene_meta={"extent": 2.0, "times": torch.linspace(0, 1, 8).tolist()})
+    loaded, payload = load_expert(path)
+    assert payload["expert"] == "deformable" and loaded.deforming
+    for t in (0.0, 0.5, 1.0):
+        a = model.gaussians_at(t).render(camera(t), backend="torch").color
+        b = loaded.gaussians_at(t).render(camera(t), backend="torch").color
+        assert torch.equal(a, b), t
+
+
+def test_short_training_on_dnerf_mutant(tmp_path):
+    """400 steps at 100x100 from 4k random points (200 warm-up steps).
+
+    Measured: test PSNR 22.9 dB (loss 0.063 -> 0.031) on 2 busy CPU cores, ~60 s.
+    """
+    scene = load_scene(data_path("dnerf_mutant"), DataConfig(downscale=8))
+    cfg = TrainConfig(expert="deformable", steps=400, log_every=50, checkpoint_every=10**9, backend="cpu",
+                      expert_options={"max_init_points": 4000, "warmup_steps": 200})
+    cfg.strategy.refine_start_iter = 200
+    summary = train_expert(scene, cfg, tmp_path, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["loss"] < 0.7 * records[0]["loss"]
+    assert summary["test_psnr"] > 21.5, summary
