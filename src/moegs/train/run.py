@@ -18,6 +18,7 @@ from ..data import Scene, load_scene
 from ..errors import ConfigError
 from ..eval import evaluate_expert
 from ..experts import EXPERTS, SceneInit, build_expert
+from . import distributed as dist
 from .checkpoint import load_expert
 from .config import TrainConfig, _coerce, to_dict
 from .trainer import Trainer
@@ -82,6 +83,7 @@ def train_expert(data: str | Path | Scene, config: TrainConfig, run_dir: str | P
     With ``resume``, continues from ``run_dir/checkpoints/last.pt`` when it exists.
     """
     run_dir = Path(run_dir)
+    device = dist.init_from_env(config.device)
     scene = data if isinstance(data, Scene) else load_scene(data, config.data)
     torch.manual_seed(config.seed)
     last = run_dir / "checkpoints" / "last.pt"
@@ -89,18 +91,24 @@ def train_expert(data: str | Path | Scene, config: TrainConfig, run_dir: str | P
         expert, payload = load_expert(last)
         if payload["expert"] != config.expert:
             raise ConfigError(f"{last}: holds expert {payload['expert']!r}, not {config.expert!r}")
-        trainer = Trainer(expert, scene, config, run_dir)
+        trainer = Trainer(expert, scene, config, run_dir, device)
         trainer.load_trainer_state(payload["trainer"])
-        _truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
+        if dist.is_main():
+            _truncate_metrics(run_dir / "metrics.jsonl", trainer.step)
     else:
         expert = build_expert(config.expert, scene_init(scene), expert_config(config.expert, config.expert_options))
-        trainer = Trainer(expert, scene, config, run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", {"train": to_dict(config), "expert": dataclasses.asdict(expert.config),
-                                         "scene": {"name": scene.name, "format": scene.format,
-                                                   "train_views": len(scene.train_views),
-                                                   "test_views": len(scene.test_views)}})
+        trainer = Trainer(expert, scene, config, run_dir, device)
+    if dist.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(
+            run_dir / "config.json",
+            {"train": to_dict(config), "expert": dataclasses.asdict(expert.config),
+             "scene": {"name": scene.name, "format": scene.format, "train_views": len(scene.train_views),
+                       "test_views": len(scene.test_views), "world_size": dist.world_size()}},
+        )
     records = trainer.train(progress=progress)
+    if not dist.is_main():
+        return {"expert": config.expert, "steps": trainer.step, "rank": dist.rank()}
     summary: dict = {"expert": config.expert, "scene": scene.name, "steps": trainer.step,
                      "train_time_s": round(trainer.elapsed, 2),
                      "final_train_psnr": records[-1]["psnr"] if records else None}

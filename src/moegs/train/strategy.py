@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
+from .distributed import all_reduce_
 
 __all__ = ["DefaultStrategy"]
 
@@ -80,19 +81,23 @@ class DefaultStrategy:
     def _accumulate(self, params, state: dict, info: dict) -> None:
         n = params["means"].shape[0]
         if state["grad2d"] is None or state["grad2d"].shape[0] != n:
-            state["grad2d"] = torch.zeros(n)
-            state["count"] = torch.zeros(n)
-            state["max_radii"] = torch.zeros(n)
+            dev = params["means"].device
+            state["grad2d"] = torch.zeros(n, device=dev)
+            state["count"] = torch.zeros(n, device=dev)
+            state["max_radii"] = torch.zeros(n, device=dev)
         grad = info["means2d"].grad
         if grad is None:
-            return
+            grad = torch.zeros(n, 2, device=params["means"].device)
         grad = grad.detach().reshape(-1, 2).clone()  # the cuda backend batches means2d as [1, N, 2]
         grad[:, 0] *= 0.5 * info["width"]
         grad[:, 1] *= 0.5 * info["height"]
-        vis = info["radii"] > 0
-        state["grad2d"][vis] += grad[vis].norm(dim=-1).to(state["grad2d"])
-        state["count"][vis] += 1
-        r = info["radii"].to(state["max_radii"]) / max(info["width"], info["height"])
+        vis = (info["radii"] > 0).to(state["grad2d"])
+        # Per-step increments, summed over ranks when training data-parallel.
+        inc = torch.stack((grad.norm(dim=-1).to(state["grad2d"]) * vis, vis))
+        all_reduce_(inc)
+        state["grad2d"] += inc[0]
+        state["count"] += inc[1]
+        r = all_reduce_(info["radii"].to(state["max_radii"]) / max(info["width"], info["height"]), "max")
         state["max_radii"] = torch.maximum(state["max_radii"], r)
 
     def _grow(self, params, optimizers, state: dict) -> dict:

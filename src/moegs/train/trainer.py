@@ -22,6 +22,7 @@ from ..data import Scene, View
 from ..eval.metrics import psnr, ssim
 from ..experts import Expert, ParamGroup
 from . import checkpoint as ckpt
+from . import distributed as dist
 from .config import TrainConfig
 
 __all__ = ["Optimization", "photometric_loss", "view_order", "Trainer", "resolve_device"]
@@ -120,9 +121,11 @@ class Trainer:
 
     # ------------------------------------------------------------ sampling
     def view_for_step(self, step: int) -> View:
+        """The view of ``step`` (each rank of a data-parallel run takes its own sample of the epoch)."""
         n = len(self.scene.train_views)
-        order = view_order(n, self.cfg.seed, step // n)
-        return self.scene.train_views[int(order[step % n])]
+        sample = step * dist.world_size() + dist.rank()
+        order = view_order(n, self.cfg.seed, sample // n)
+        return self.scene.train_views[int(order[sample % n])]
 
     # --------------------------------------------------------------- steps
     def train_step(self) -> StepResult:
@@ -142,6 +145,7 @@ class Trainer:
             loss = loss + v
         self.strategy.step_pre_backward(expert.splats, self.opt.optimizers, self.strategy_state, step, out.meta)
         loss.backward()
+        dist.average_gradients(expert.parameters())
         report = self.strategy.step_post_backward(expert.splats, self.opt.optimizers, self.strategy_state, step,
                                                   out.meta)
         self.opt.step()
@@ -157,7 +161,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         records: list[dict] = []
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not progress, desc=f"train {self.expert.name}",
+        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not (progress and dist.is_main()), desc=f"train {self.expert.name}",
                    dynamic_ncols=True)
         window: list[StepResult] = []
         while self.step < self.cfg.steps:
@@ -175,12 +179,14 @@ class Trainer:
                 window = []
                 records.append(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}", n=rec["num_gaussians"])
-                if self.run_dir is not None:
+                if self.run_dir is not None and dist.is_main():
                     with open(self.run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(rec) + "\n")
                 if on_log is not None:
                     on_log(rec)
-            if self.run_dir is not None and (self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps):
+            if self.run_dir is not None and dist.is_main() and (
+                self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps
+            ):
                 self.save_checkpoint()
         bar.close()
         return records

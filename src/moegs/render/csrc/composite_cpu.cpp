@@ -177,8 +177,10 @@ void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar
             for (int l = 0; l < kLanes; ++l) {
               const scalar_t dx = px[l] - gx;
               const scalar_t power = ha * dx * dx + cdy - bdy * dx;
-              const scalar_t alpha = std::min(Lim::kAlphaMax, o * ExpNonPositive(std::min(power, scalar_t(0))));
-              const bool ok = (active[l] != scalar_t(0)) & (power <= scalar_t(0)) & (alpha >= Lim::kAlphaMin);
+              const scalar_t og = o * ExpNonPositive(std::min(power, scalar_t(0)));
+              const scalar_t alpha = std::min(Lim::kAlphaMax, og);
+              // min(0.99, og) >= 1/255 tested as og >= 1/255 (equivalent; lets gcc vectorise).
+              const bool ok = (active[l] != scalar_t(0)) & (power <= scalar_t(0)) & (og >= Lim::kAlphaMin);
               const scalar_t test_T = T[l] * (scalar_t(1) - alpha);
               const bool stop = ok & (test_T < Lim::kTMin);
               const bool use = ok & !stop;
@@ -286,8 +288,9 @@ void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scala
               const scalar_t dx = px[l] - gx;
               const scalar_t power = ha * dx * dx + cdy - bdy * dx;
               const scalar_t G = ExpNonPositive(std::min(power, scalar_t(0)));
-              const scalar_t alpha = std::min(Lim::kAlphaMax, o * G);
-              const bool ok = (pos < last[l]) & (power <= scalar_t(0)) & (alpha >= Lim::kAlphaMin);
+              const scalar_t og = o * G;
+              const scalar_t alpha = std::min(Lim::kAlphaMax, og);
+              const bool ok = (pos < last[l]) & (power <= scalar_t(0)) & (og >= Lim::kAlphaMin);
               T[l] = ok ? T[l] / (scalar_t(1) - alpha) : T[l];  // transmittance in front of Gaussian i
               ok_v[l] = ok ? scalar_t(1) : scalar_t(0);
               alpha_v[l] = alpha;
