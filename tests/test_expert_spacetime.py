@@ -161,7 +161,7 @@ def test_strategy_prunes_gaussians_that_never_appear():
     state.update(grad2d=torch.zeros(n), count=torch.zeros(n), max_radii=torch.zeros(n))
     report = strategy._prune(model.splats, opt.optimizers, state, step=1)
     assert report["pruned"] == 5 and model.splats["means"].shape[0] == n - 5
-    assert float(model.splats["t_center"].min()) == -0.05
+    assert abs(float(model.splats["t_center"].min()) + 0.05) < 1e-6
 
 
 def test_checkpoint_round_trip_renders_identically(tmp_path):
@@ -185,7 +185,7 @@ def test_checkpoint_round_trip_renders_identically(tmp_path):
 def test_short_training_on_dnerf_mutant(tmp_path):
     """400 steps at 100x100 from 4 x 1k random points.
 
-    Measured: test PSNR XX dB on 2 busy CPU cores.
+    Measured: test PSNR 23.9 dB (loss 0.23 -> 0.034) on 2 busy CPU cores; the bar leaves ~2 dB for noise.
     """
     scene = load_scene(data_path("dnerf_mutant"), DataConfig(downscale=8))
     cfg = TrainConfig(expert="spacetime", steps=400, log_every=50, checkpoint_every=10**9, backend="cpu",
@@ -194,4 +194,4 @@ def test_short_training_on_dnerf_mutant(tmp_path):
     summary = train_expert(scene, cfg, tmp_path, progress=False)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["loss"] < 0.7 * records[0]["loss"]
-    assert summary["test_psnr"] > 0.0, summary
+    assert summary["test_psnr"] > 22.0, summary

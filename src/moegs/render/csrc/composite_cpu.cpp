@@ -13,7 +13,6 @@
 // per (tile, Gaussian) pair - every pair belongs to exactly one tile, so no two
 // threads write the same slot - and a final serial pass adds the pairs of each
 // Gaussian in a fixed order (deterministic, no atomics).
-#include <omp.h>
 
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
@@ -22,7 +21,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 #include "composite.h"
@@ -102,7 +100,7 @@ struct TileGaussians {
     const double x = mx[i], y = my[i];
     row_lo[i] = 0;
     row_hi[i] = tile_size - 1;
-    if (o < (1.0 / 255.0) * (1.0 - 1e-5)) {  // never reaches 1/255 (also catches NaN-free tiny values)
+    if (o < (1.0 / 255.0) * (1.0 - 1e-5)) {  // opacity G never reaches 1/255 (G <= 1)
       row_lo[i] = 1;
       row_hi[i] = 0;
       return;

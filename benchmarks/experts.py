@@ -1,0 +1,98 @@
+"""Expert benchmark: train and evaluate registered experts on one scene with one budget, print one table.
+
+Every expert is trained from scratch with the same ``TrainConfig`` (steps, resolution, seed,
+densification) and evaluated on the scene's test views: PSNR, SSIM, LPIPS (or why it was
+skipped), render FPS, number of Gaussians, model size on disk and training time (the
+optimisation loop only, excluding loading and evaluation).
+
+    python benchmarks/experts.py SCENE [--steps 3000] [--downscale 8] [--experts deformable,spacetime]
+        [--set KEY=VALUE ...] [--out DIR] [--json FILE]
+
+``--set`` takes ``TrainConfig`` overrides (``strategy.refine_every=50``); ``EXPERT.field=value``
+(``deformable.warmup_steps=300``) sets an option of that expert only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from moegs.data import DataConfig, load_scene  # noqa: E402
+from moegs.experts import EXPERTS  # noqa: E402
+from moegs.train import TrainConfig, apply_overrides  # noqa: E402
+from moegs.train.run import train_expert  # noqa: E402
+
+COLUMNS = ("expert", "PSNR", "SSIM", "LPIPS", "FPS", "#Gauss", "MB", "train s")
+
+
+def run_one(scene, name: str, args: argparse.Namespace, out: Path) -> dict:
+    """Train ``name`` on ``scene`` with the shared budget; returns its row."""
+    cfg = TrainConfig(expert=name, steps=args.steps, backend=args.backend, seed=args.seed,
+                      checkpoint_every=10**9, log_every=max(1, args.steps // 20))
+    cfg.data.downscale = args.downscale
+    shared = []
+    for item in args.set:
+        key = item.split("=", 1)[0]
+        prefix = key.split(".", 1)[0]
+        if prefix in EXPERTS:
+            if prefix == name:
+                cfg.expert_options[key.split(".", 1)[1]] = item.split("=", 1)[1]
+        else:
+            shared.append(item)
+    apply_overrides(cfg, shared)
+    s = train_expert(scene, cfg, out / name, progress=not args.quiet)
+    return {"expert": name, "psnr": s["test_psnr"], "ssim": s["test_ssim"], "lpips": s["test_lpips"],
+            "lpips_note": s.get("test_lpips_note"), "fps": s["test_render_fps"],
+            "num_gaussians": s["test_num_gaussians"], "size_mb": s["test_size_mb"], "train_s": s["train_time_s"],
+            "options": dict(cfg.expert_options)}
+
+
+def format_table(rows: list[dict], header: str) -> str:
+    lines = [header, " | ".join(COLUMNS), " | ".join("---" for _ in COLUMNS)]
+    for r in rows:
+        lp = f"{r['lpips']:.4f}" if r["lpips"] is not None else "skipped"
+        lines.append(" | ".join((r["expert"], f"{r['psnr']:.2f}", f"{r['ssim']:.4f}", lp, f"{r['fps']:.1f}",
+                                 str(r["num_gaussians"]), f"{r['size_mb']:.2f}", f"{r['train_s']:.0f}")))
+    notes = {r["lpips_note"] for r in rows if r["lpips"] is None and r.get("lpips_note")}
+    lines += [f"LPIPS: {n}" for n in sorted(notes)]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("scene", help="scene folder (any supported format)")
+    p.add_argument("--steps", type=int, default=3000, help="training steps per expert")
+    p.add_argument("--downscale", type=float, default=None, help="image downscale (default: the format's own)")
+    p.add_argument("--experts", default=",".join(n for n in EXPERTS if n != "static"),
+                   help="comma-separated expert names (default: every dynamic expert)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="keep the run directories here (default: a temporary folder)")
+    p.add_argument("--json", help="also write the rows as JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    names = [n.strip() for n in args.experts.split(",") if n.strip()]
+    unknown = [n for n in names if n not in EXPERTS]
+    if unknown:
+        p.error(f"unknown expert(s) {', '.join(unknown)}; choose from {', '.join(EXPERTS)}")
+    scene = load_scene(args.scene, DataConfig(downscale=args.downscale))
+    w, h = scene.resolution()
+    with tempfile.TemporaryDirectory(prefix="moegs-bench-") as tmp:
+        out = Path(args.out) if args.out else Path(tmp)
+        rows = [run_one(scene, n, args, out) for n in names]
+    header = f"{scene.name}: {w}x{h}, {args.steps} steps, {len(scene.train_views)} train / {len(scene.test_views)} test views"
+    print(format_table(rows, header))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
