@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("scene", help="scene folder (any supported format)")
     p.add_argument("--steps", type=int, default=3000, help="training steps per expert")
     p.add_argument("--downscale", type=float, default=None, help="image downscale (default: the format's own)")
-    p.add_argument("--experts", default=",".join(n for n in EXPERTS if n != "static"),
-                   help="comma-separated expert names (default: every dynamic expert)")
+    p.add_argument("--experts", default=",".join(EXPERTS),
+                   help="comma-separated expert names (default: every registered expert)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
     p.add_argument("--seed", type=int, default=0)
@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="moegs-bench-") as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         rows = [run_one(scene, n, args, out) for n in names]
-    header = f"{scene.name}: {w}x{h}, {args.steps} steps, {len(scene.train_views)} train / {len(scene.test_views)} test views"
+    header = (f"{scene.name}: {w}x{h}, {args.steps} steps, {len(scene.train_views)} train / "
+              f"{len(scene.test_views)} test views")
     print(format_table(rows, header))
     if args.json:
         Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=2))

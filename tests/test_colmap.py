@@ -199,11 +199,11 @@ def test_static_scene_few_images_train_equals_test(tmp_path):
 
 
 def test_flame_steak_frame0_subset_loads(tmp_path):
-    """The shared frame-0 scene lists 21 images but ships 3: loading it names the gap; the model
-    restricted to the present images loads, and images decode at the model's resolution."""
+    """The shared frame-0 scene lists 21 images but ships 3: loading it warns with the counts and loads
+    the 3 present, like the model restricted to the present images; images decode at the model's resolution."""
     root = data_path("n3v_flame_steak_frame0")
-    with pytest.raises(DataError, match="missing on disk"):
-        load_scene(root, DataConfig(format="colmap"))
+    with pytest.warns(UserWarning, match="18 of the 21 images.*missing on disk"):
+        direct = load_scene(root, DataConfig(format="colmap", downscale=4))
     model = read_model(root / "sparse" / "0")
     present = {k: im for k, im in model.images.items() if (root / "images" / im.name).is_file()}
     sub = tmp_path / "frame0"
@@ -211,6 +211,8 @@ def test_flame_steak_frame0_subset_loads(tmp_path):
     (sub / "images").symlink_to(root / "images")
     scene = load_scene(sub, DataConfig(format="colmap", downscale=4))
     assert scene.format == "colmap" and len(scene.views) == 6  # 3 images, train = test
+    assert [v.camera.name for v in direct.views] == [v.camera.name for v in scene.views]
+    assert all(torch.equal(a.camera.world_to_camera, b.camera.world_to_camera) for a, b in zip(direct.views, scene.views))
     w, h = scene.resolution()
     assert (w, h) == (round(2690 / 4), round(2016 / 4))
     img = scene.image(scene.train_views[0])

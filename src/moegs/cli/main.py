@@ -157,6 +157,70 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_moe(args: argparse.Namespace) -> int:
+    from ..moe import MoEConfig, train_mixture
+    from ..train import apply_overrides
+
+    cfg = MoEConfig(router=args.router, data=_data_config(args), backend=args.backend, device=args.device)
+    if args.steps is not None:
+        cfg.steps = args.steps
+    if args.joint_steps is not None:
+        cfg.joint_steps = args.joint_steps
+    apply_overrides(cfg, args.set or [])
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.data).name}-moe-{cfg.router}"
+    summary = train_mixture(args.experts, args.data, cfg, out, resume=args.resume, progress=not args.quiet)
+    _print_summary({k: v for k, v in summary.items() if not isinstance(v, (dict, list))}, out)
+    return 0
+
+
+def _pipeline_config(args: argparse.Namespace):
+    from ..pipeline import PipelineConfig
+    from ..train import apply_overrides
+
+    cfg = PipelineConfig(data=_data_config(args), backend=args.backend)
+    if args.experts:
+        cfg.experts = tuple(args.experts)
+    if args.expert_steps is not None:
+        cfg.expert_steps = args.expert_steps
+    if args.moe_steps is not None:
+        cfg.moe.steps = args.moe_steps
+    apply_overrides(cfg, args.set or [])
+    return cfg
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from ..pipeline import run_pipeline
+
+    cfg = _pipeline_config(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.data).name}-pipeline"
+    report = run_pipeline(args.data, cfg, out, progress=not args.quiet)
+    print((out / "report.md").read_text())
+    print(f"report: {out / 'report.md'}  ({report['pipeline_time_s']} s)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..data.synthetic import ensure_default_scene
+
+    print("moegs demo: generating the default scene (cached after the first run)…", file=sys.stderr)
+    args.data = str(ensure_default_scene())
+    if args.downscale is None:
+        args.downscale = 1.0  # the generated scene is already small
+    return cmd_pipeline(args)
+
+
+def _add_pipeline_flags(p: argparse.ArgumentParser, experts: list[str]) -> None:
+    p.add_argument("--experts", nargs="+", choices=experts, help="experts of the mixture (2 to 5)")
+    p.add_argument("--expert-steps", type=_positive(int), help="training steps of each expert")
+    p.add_argument("--moe-steps", type=_positive(int), help="router training steps")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a pipeline field, e.g. moe.router=gates or max_gaussians=30000")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_data_flags(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..experts import EXPERTS
 
@@ -196,6 +260,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
     _add_data_flags(r)
     r.set_defaults(func=cmd_render)
+
+    m = sub.add_parser("train-moe", help="train the mixture router over trained experts")
+    m.add_argument("data", help="scene folder")
+    m.add_argument("--experts", nargs="+", required=True, metavar="CKPT", help="2 to 5 expert checkpoints")
+    m.add_argument("--router", default="full", choices=["uniform", "image", "pixel_rgb", "gates", "full"])
+    m.add_argument("--steps", type=_positive(int), help="stage-2 steps (experts frozen)")
+    m.add_argument("--joint-steps", type=int, help="stage-3 steps (joint fine-tuning; 0 skips it)")
+    m.add_argument("--out", help="run directory (default: runs/<scene>-moe-<router>)")
+    m.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    m.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
+    m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    m.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a MoEConfig field")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_data_flags(m)
+    m.set_defaults(func=cmd_train_moe)
+
+    pl = sub.add_parser("pipeline", help="experts, then the mixture, then a report, on one scene")
+    pl.add_argument("data", help="scene folder")
+    _add_pipeline_flags(pl, sorted(EXPERTS))
+    pl.set_defaults(func=cmd_pipeline)
+
+    d = sub.add_parser("demo", help="the whole pipeline on a generated heterogeneous dynamic scene")
+    _add_pipeline_flags(d, sorted(EXPERTS))
+    d.set_defaults(func=cmd_demo, out="runs/demo")
 
     i = sub.add_parser("inspect", help="detect a scene's format and describe what it holds")
     i.add_argument("path")

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +65,10 @@ def catmull_rom_tangent(points: Tensor, k: int) -> Tensor:
 
 
 def hermite(p0: Tensor, m0: Tensor, p1: Tensor, m1: Tensor, s: float) -> Tensor:
-    """Cubic Hermite interpolation at ``s ∈ [0, 1]`` between ``p0`` and ``p1`` (``[..., D]``) with tangents ``m0, m1``."""
+    """Cubic Hermite interpolation at ``s ∈ [0, 1]`` between ``p0`` and ``p1`` (``[..., D]``).
+
+    ``m0``, ``m1`` (``[..., D]``) are the tangents at the two ends, per unit of ``s``.
+    """
     s2, s3 = s * s, s * s * s
     return (2 * s3 - 3 * s2 + 1) * p0 + (s3 - 2 * s2 + s) * m0 + (-2 * s3 + 3 * s2) * p1 + (s3 - s2) * m1
 

@@ -163,8 +163,9 @@ class SpacetimeGaussians(nn.Module):
         per_copy = max(1, c.max_init_points // copies)
         pts, cols, centers = [], [], []
         qs = (torch.arange(copies, dtype=torch.float32) + 0.5) / copies
-        for k, center in enumerate(torch.quantile(times, qs).tolist()):
-            idx = torch.randperm(points.shape[0])[:per_copy] if points.shape[0] > per_copy else torch.arange(points.shape[0])
+        for center in torch.quantile(times, qs).tolist():
+            m = points.shape[0]
+            idx = torch.randperm(m)[:per_copy] if m > per_copy else torch.arange(m)
             pts.append(points[idx])
             cols.append(colors[idx])
             centers.append(torch.full((len(idx),), center))

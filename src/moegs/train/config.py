@@ -58,6 +58,11 @@ def _coerce(value: str, typ: Any) -> Any:
         return None
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
         return _coerce(value, args[0])
+    if origin is typing.Literal:
+        choices = typing.get_args(typ)
+        if value not in choices:
+            raise ValueError(f"choose from {', '.join(map(str, choices))}")
+        return value
     if typ is bool:
         if value.lower() in ("1", "true", "yes", "on"):
             return True
@@ -67,7 +72,9 @@ def _coerce(value: str, typ: Any) -> Any:
     if typ in (int, float, str):
         return typ(value)
     if origin is tuple or typ is tuple:
-        return tuple(int(v) for v in value.split(",") if v)
+        items = [v for v in value.split(",") if v]
+        elem = (typing.get_args(typ) or (str,))[0]
+        return tuple(elem(v) if elem in (int, float, str) else v for v in items)
     return json.loads(value)
 
 
