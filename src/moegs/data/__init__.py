@@ -51,6 +51,7 @@ def detect_format(path: str | Path) -> str:
 def load_scene(path: str | Path, config: DataConfig | None = None) -> Scene:
     """Read the scene in folder ``path`` (format detected unless ``config.format`` is set)."""
     config = config or DataConfig()
+    config.check()
     path = Path(path)
     if config.format is not None:
         if config.format not in FORMATS:

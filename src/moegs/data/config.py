@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from ..errors import ConfigError
 
 from .scene import DEFAULT_CACHE_BYTES
 
@@ -32,3 +35,14 @@ class DataConfig:
     num_random_points: int = 100_000
     # Seed for anything random a loader does (point sampling).
     seed: int = 0
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` on values no loader can use."""
+        if self.downscale is not None and not (self.downscale > 0 and math.isfinite(self.downscale)):
+            raise ConfigError(f"downscale must be a positive number, got {self.downscale}")
+        if self.frame_step < 1:
+            raise ConfigError(f"frame_step must be at least 1, got {self.frame_step}")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise ConfigError(f"max_frames must be at least 1, got {self.max_frames}")
+        if self.cache_bytes < 0:
+            raise ConfigError(f"cache_bytes must be >= 0, got {self.cache_bytes}")

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ..cameras import Camera
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from .config import DataConfig
 from .images import ImageFile, read_image_size
 from .scene import FrameCache, Scene, View
@@ -239,12 +239,7 @@ def load(path: Path, config: DataConfig) -> Scene:
     """Read the D-NeRF scene in folder ``path`` (see the module docstring for conventions)."""
     root = Path(path)
     downscale = DEFAULT_DOWNSCALE if config.downscale is None else float(config.downscale)
-    if not (downscale > 0 and math.isfinite(downscale)):
-        raise ConfigError(f"downscale must be a positive number, got {config.downscale}")
-    if config.frame_step < 1:
-        raise ConfigError(f"frame_step must be at least 1, got {config.frame_step}")
-    if config.max_frames is not None and config.max_frames < 1:
-        raise ConfigError(f"max_frames must be at least 1, got {config.max_frames}")
+    config.check()
     white = True if config.white_background is None else bool(config.white_background)
 
     splits = {s: _read_split(root, s) for s in ("train", "test")}

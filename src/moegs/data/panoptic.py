@@ -205,12 +205,7 @@ def load(path: Path, config: DataConfig) -> Scene:
     """Read the Panoptic scene in folder ``path`` (see the module docstring for conventions)."""
     root = Path(path)
     downscale = DEFAULT_DOWNSCALE if config.downscale is None else float(config.downscale)
-    if not (downscale > 0 and math.isfinite(downscale)):
-        raise ConfigError(f"downscale must be a positive number, got {config.downscale}")
-    if config.frame_step < 1:
-        raise ConfigError(f"frame_step must be at least 1, got {config.frame_step}")
-    if config.max_frames is not None and config.max_frames < 1:
-        raise ConfigError(f"max_frames must be at least 1, got {config.max_frames}")
+    config.check()
 
     metas = {split: _read_meta(root, f"{split}_meta.json") for split in ("train", "test")}
     num_listed = len(metas["train"][2])

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import FrameCache, Scene, View
+from ..data import ArrayImage, FrameCache, Scene, View
 from ..eval import evaluate_expert
 from ..experts import build_expert
 from ..train.config import TrainConfig
@@ -22,18 +22,7 @@ from ..train.run import expert_config, scene_init
 from ..train.trainer import Trainer
 from .mixture import Mixture
 
-__all__ = ["RenderedImage", "teacher_scene", "distill"]
-
-
-class RenderedImage:
-    """An in-memory image (an ``ImageSource``): ``[H, W, 3]`` float32 in ``[0, 1]``."""
-
-    def __init__(self, key: str, image: np.ndarray) -> None:
-        self.key = key
-        self.image = image
-
-    def load(self) -> np.ndarray:
-        return self.image
+__all__ = ["teacher_scene", "distill"]
 
 
 @torch.no_grad()
@@ -42,7 +31,7 @@ def teacher_scene(mixture: Mixture, scene: Scene) -> Scene:
     views = []
     for i, v in enumerate(scene.train_views):
         img = mixture.render(v).color.clamp(0, 1).cpu().numpy().astype(np.float32)
-        views.append(View(v.camera, RenderedImage(f"teacher/{i}", img), v.camera_id, v.frame))
+        views.append(View(v.camera, ArrayImage(("teacher", i), img), v.camera_id, v.frame))
     return dataclasses.replace(scene, train_views=views, cache=FrameCache(scene.cache.max_bytes))
 
 
