@@ -30,7 +30,7 @@ class PipelineConfig:
     # Experts of the mixture (2 to 5 names from moegs.experts.EXPERTS), each trained alone first.
     experts: tuple[str, ...] = ("deformable", "hexplane", "spacetime")
     # Training steps of every expert (one budget for all, so they compare fairly).
-    expert_steps: int = 2000
+    expert_steps: int = 1200
     # Expert hyper-parameters per expert name (``{"hexplane": {"warmup_steps": 300}}``).
     expert_options: dict = field(default_factory=dict)
     # How the scene is read.
@@ -38,7 +38,7 @@ class PipelineConfig:
     # Mixture training (router, gates, stages).
     moe: MoEConfig = field(default_factory=MoEConfig)
     # Densification of every expert: stop growing beyond this many Gaussians (0 = unlimited).
-    max_gaussians: int = 60_000
+    max_gaussians: int = 20_000
     # Rasterizer backend for everything.
     backend: str = "auto"
     seed: int = 0
