@@ -67,7 +67,7 @@ __all__ = [
     "ensure_default_scene",
 ]
 
-SCENE_VERSION = "heterogeneous-v1"  # bump when the scene's content changes (it names the cache folder)
+SCENE_VERSION = "heterogeneous-v2"  # bump when the scene's content changes (it names the cache folder)
 COMPONENTS = ("background", "rigid", "deforming", "appearing", "color_changing")
 MARKER = "synthetic.json"
 
@@ -86,7 +86,7 @@ class SyntheticConfig:
     """What :func:`generate_scene` makes. The defaults are the embedded default scene."""
 
     # Number of cameras (at least 2); cam00 is the middle one, the held-out test view.
-    num_cameras: int = 6
+    num_cameras: int = 10
     # Frames per video; frame k has normalised time k / (num_frames - 1).
     num_frames: int = 24
     # Image width in pixels (the focal length is this many pixels too). The textures are made for
