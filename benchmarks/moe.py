@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--router", default="full", help="router of the main mixture")
     p.add_argument("--gate", default="linear", help="gate of the main mixture: linear or mlp")
     p.add_argument("--downscale", type=float, default=None, help="image downscale of the scene")
-    p.add_argument("--prune-threshold", type=float, default=0.5,
+    p.add_argument("--prune-threshold", type=float, default=0.05,
                    help="contribution to the blended image (pixels) under which Gaussians go")
     p.add_argument("--student", default=None, help="expert distilled from the mixture (default: the best one)")
     p.add_argument("--distill-steps", type=int, default=None, help="student steps (default: --expert-steps)")

@@ -60,7 +60,7 @@ def contributions(mixture: Mixture, views: list[View]) -> list[Tensor]:
     return out
 
 
-def gate_prune(mixture: Mixture, views: list[View], threshold: float = 0.5) -> dict:
+def gate_prune(mixture: Mixture, views: list[View], threshold: float = 0.05) -> dict:
     """Remove from every expert the Gaussians contributing less than ``threshold`` pixels to every view.
 
     Args:
