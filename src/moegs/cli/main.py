@@ -161,6 +161,12 @@ def cmd_train_moe(args: argparse.Namespace) -> int:
     from ..moe import MoEConfig, train_mixture
     from ..train import apply_overrides
 
+    if args.data is None:  # `--experts a.pt b.pt DATA`: the option swallowed the scene folder
+        if len(args.experts) < 2:
+            from ..errors import ConfigError
+
+            raise ConfigError("train-moe needs a scene folder after the expert checkpoints")
+        args.data = args.experts.pop()
     cfg = MoEConfig(router=args.router, data=_data_config(args), backend=args.backend, device=args.device)
     if args.steps is not None:
         cfg.steps = args.steps
@@ -262,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_render)
 
     m = sub.add_parser("train-moe", help="train the mixture router over trained experts")
-    m.add_argument("data", help="scene folder")
+    m.add_argument("data", nargs="?", help="scene folder (may also follow the checkpoints)")
     m.add_argument("--experts", nargs="+", required=True, metavar="CKPT", help="2 to 5 expert checkpoints")
     m.add_argument("--router", default="full", choices=["uniform", "image", "pixel_rgb", "gates", "full"])
     m.add_argument("--steps", type=_positive(int), help="stage-2 steps (experts frozen)")
