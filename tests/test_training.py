@@ -12,11 +12,17 @@ from moegs.data import DataConfig, load_scene
 from moegs.train import TrainConfig
 from moegs.train.run import train_expert
 from moegs.train.trainer import Optimization, Trainer
-from moegs.experts import ParamGroup
+from moegs.experts import EXPERTS, ParamGroup
 
 
-def _cfg(steps, **kw):
-    cfg = TrainConfig(expert="static", steps=steps, log_every=5, checkpoint_every=10, backend="cpu",
+# Stage switches inside the 30 steps of the resume test, so that resuming crosses them.
+FAST_STAGES = {"hexplane": {"warmup_steps": 8}, "deformable": {"warmup_steps": 8}, "embedding": {"c2f_steps": 20},
+               "keyframe": {"subdivide_every": 8, "convert_every": 6}}
+
+
+def _cfg(steps, expert="static", **kw):
+    kw.setdefault("expert_options", dict(FAST_STAGES.get(expert, {})))
+    cfg = TrainConfig(expert=expert, steps=steps, log_every=5, checkpoint_every=10, backend="cpu",
                       eval_at_end=False, **kw)
     cfg.strategy.refine_start_iter = 5
     cfg.strategy.refine_every = 5
@@ -24,8 +30,9 @@ def _cfg(steps, **kw):
     return cfg
 
 
-def test_resume_reproduces_the_uninterrupted_run(toy_scene, tmp_path, monkeypatch):
-    full = train_expert(toy_scene, _cfg(30), tmp_path / "full", progress=False)
+@pytest.mark.parametrize("expert", sorted(EXPERTS))
+def test_resume_reproduces_the_uninterrupted_run(expert, toy_scene, tmp_path, monkeypatch):
+    full = train_expert(toy_scene, _cfg(30, expert), tmp_path / "full", progress=False)
     # Interrupted run: killed right after its step-10 checkpoint, then resumed to 30.
     save = Trainer.save_checkpoint
 
@@ -37,9 +44,9 @@ def test_resume_reproduces_the_uninterrupted_run(toy_scene, tmp_path, monkeypatc
 
     monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train_expert(toy_scene, _cfg(30), tmp_path / "part", progress=False)
+        train_expert(toy_scene, _cfg(30, expert), tmp_path / "part", progress=False)
     monkeypatch.setattr(Trainer, "save_checkpoint", save)
-    resumed = train_expert(toy_scene, _cfg(30), tmp_path / "part", resume=True, progress=False)
+    resumed = train_expert(toy_scene, _cfg(30, expert), tmp_path / "part", resume=True, progress=False)
     a = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
     b = [json.loads(l) for l in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in a] == [r["step"] for r in b]
