@@ -27,8 +27,8 @@ def _frames_on_disk(path: Path, fmt: str) -> dict:
         if model_dir is not None:
             try:
                 facts["images listed in model"] = len(read_model(model_dir).images)
-            except DataError:
-                pass  # load_scene reports it
+            except DataError:  # the loading error, reported in full by inspect_scene
+                facts["images listed in model"] = "unreadable model"
         return facts
     return {}
 
