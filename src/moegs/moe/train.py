@@ -9,7 +9,7 @@ each expert keeps being judged on its own where it is responsible and does not
 drift into a part that only makes sense blended.
 
 The loop reuses the single-expert trainer's pieces (:class:`Optimization`,
-:func:`photometric_loss`, :func:`view_order`), so views are drawn in the same
+:func:`photometric_loss`, :func:`sample_view`), so views are drawn in the same
 stateless order and a resumed run reproduces an uninterrupted one.
 
 Design choices against the ways a mixture fails:
@@ -53,7 +53,7 @@ from ..experts import ParamGroup
 from ..train.checkpoint import atomic_torch_save, expert_from_payload, load_checkpoint, load_expert
 from ..train.config import to_dict
 from ..train.run import write_json
-from ..train.trainer import Optimization, photometric_loss, resolve_device, view_order
+from ..train.trainer import Optimization, photometric_loss, resolve_device, sample_view
 from .gates import GateKind, build_gate
 from .mixture import Mixture
 from .router import GATED, ROUTERS, Router, RouterKind, prior_logits
@@ -253,9 +253,7 @@ class MixtureTrainer:
         self.stage = stage
 
     def view_for_step(self, step: int) -> View:
-        n = len(self.scene.train_views)
-        order = view_order(n, self.cfg.seed, step // n)
-        return self.scene.train_views[int(order[step % n])]
+        return sample_view(self.scene.train_views, self.cfg.seed, step)
 
     def loss(self, out, target: Tensor, stage: int, step: int) -> tuple[Tensor, dict]:
         """The step's loss for a :class:`~moegs.moe.mixture.MixtureOutput` ``out`` and ``target`` ``[H, W, 3]``."""

@@ -25,7 +25,7 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import TrainConfig
 
-__all__ = ["Optimization", "photometric_loss", "view_order", "Trainer", "resolve_device"]
+__all__ = ["Optimization", "photometric_loss", "sample_view", "view_order", "Trainer", "resolve_device"]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -46,6 +46,12 @@ def view_order(n: int, seed: int, epoch: int) -> Tensor:
     """A permutation of ``n`` views for ``epoch``: stateless, so a resumed run draws the same views."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=g)
+
+
+def sample_view(views: list[View], seed: int, sample: int) -> View:
+    """The ``sample``-th view drawn: epochs of shuffled ``views``, a new permutation per epoch."""
+    n = len(views)
+    return views[int(view_order(n, seed, sample // n)[sample % n])]
 
 
 class Optimization:
@@ -122,10 +128,7 @@ class Trainer:
     # ------------------------------------------------------------ sampling
     def view_for_step(self, step: int) -> View:
         """The view of ``step`` (each rank of a data-parallel run takes its own sample of the epoch)."""
-        n = len(self.scene.train_views)
-        sample = step * dist.world_size() + dist.rank()
-        order = view_order(n, self.cfg.seed, sample // n)
-        return self.scene.train_views[int(order[sample % n])]
+        return sample_view(self.scene.train_views, self.cfg.seed, step * dist.world_size() + dist.rank())
 
     # --------------------------------------------------------------- steps
     def train_step(self) -> StepResult:
