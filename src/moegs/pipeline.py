@@ -28,7 +28,7 @@ class PipelineConfig:
     """Experts, then the mixture, then the report."""
 
     # Experts of the mixture (2 to 5 names from moegs.experts.EXPERTS), each trained alone first.
-    experts: tuple[str, ...] = ("deformable", "hexplane", "spacetime")
+    experts: tuple[str, ...] = ("static", "spacetime", "keyframe")
     # Training steps of every expert (one budget for all, so they compare fairly).
     expert_steps: int = 1200
     # Expert hyper-parameters per expert name (``{"hexplane": {"warmup_steps": 300}}``).
