@@ -36,7 +36,7 @@ class PipelineConfig:
     # How the scene is read.
     data: DataConfig = field(default_factory=DataConfig)
     # Mixture training (router, gates, stages).
-    moe: MoEConfig = field(default_factory=MoEConfig)
+    moe: MoEConfig = field(default_factory=lambda: MoEConfig(steps=800))
     # Densification of every expert: stop growing beyond this many Gaussians (0 = unlimited).
     max_gaussians: int = 20_000
     # Rasterizer backend for everything.
