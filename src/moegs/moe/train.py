@@ -196,7 +196,7 @@ class MixtureTrainer:
     """Trains a mixture's gates and router (stage 2) and optionally experts too (stage 3).
 
     ``step`` counts both stages: ``[0, steps)`` is stage 2, ``[steps, steps + joint_steps)`` stage 3.
-    Run directory: ``metrics.jsonl``, ``checkpoints/step_XXXXXX.pt`` and ``checkpoints/last.pt``.
+    Run directory: ``metrics.jsonl``, ``checkpoints/step_<step, 6 digits>.pt`` and ``checkpoints/last.pt``.
     """
 
     def __init__(self, mixture: Mixture, scene: Scene, config: MoEConfig, expert_metas: list[dict],

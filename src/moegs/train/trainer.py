@@ -106,7 +106,7 @@ class Trainer:
     """Trains one expert on one scene and writes a run directory.
 
     Run directory: ``config.json`` (resolved), ``metrics.jsonl`` (one JSON object
-    per log step), ``checkpoints/step_XXXXXX.pt`` and ``checkpoints/last.pt``.
+    per log step), ``checkpoints/step_<step, 6 digits>.pt`` and ``checkpoints/last.pt``.
     """
 
     def __init__(self, expert: Expert, scene: Scene, config: TrainConfig, run_dir: str | Path | None = None,
