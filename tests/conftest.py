@@ -68,3 +68,20 @@ def make_toy_scene(num_views: int = 6, num_times: int = 3, width: int = 48, heig
 @pytest.fixture(scope="session")
 def toy_scene():
     return make_toy_scene()
+
+
+def random_init(n: int, seed: int, times):
+    """A ``SceneInit`` of ``n`` random coloured points in ``[-1, 1]^3`` (extent 2) at ``times``."""
+    from moegs.experts import SceneInit
+
+    g = torch.Generator().manual_seed(seed)
+    return SceneInit(points=torch.rand(n, 3, generator=g) * 2 - 1, colors=torch.rand(n, 3, generator=g),
+                     extent=2.0, times=times)
+
+
+def small_camera(t: float = 0.0):
+    """A 40x32 camera 4 units from the origin, looking at it along +y, at time ``t``."""
+    from moegs.cameras import Camera, look_at
+
+    return Camera(look_at(torch.tensor([0.0, -4.0, 0.0]), torch.zeros(3)), fx=40.0, fy=40.0, cx=20.0, cy=16.0,
+                  width=40, height=32, time=t)

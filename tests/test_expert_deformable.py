@@ -7,9 +7,8 @@ import json
 import math
 
 import torch
-from conftest import data_path
+from conftest import data_path, random_init, small_camera as camera
 
-from moegs.cameras import Camera, look_at
 from moegs.data import DataConfig, load_scene
 from moegs.experts import EXPERTS, Expert, SceneInit
 from moegs.experts.deformable import DeformableConfig, DeformableGaussians, positional_encoding
@@ -21,20 +20,13 @@ from moegs.train.trainer import Optimization
 
 
 def small_init(n: int = 200) -> SceneInit:
-    g = torch.Generator().manual_seed(3)
-    return SceneInit(points=torch.rand(n, 3, generator=g) * 2 - 1, colors=torch.rand(n, 3, generator=g),
-                     extent=2.0, times=torch.linspace(0, 1, 8))
+    return random_init(n, seed=3, times=torch.linspace(0, 1, 8))
 
 
 def small_config(**kw) -> DeformableConfig:
     base = dict(sh_degree=1, net_depth=4, net_width=16, time_net_width=8, time_net_out=6, warmup_steps=5)
     base.update(kw)
     return DeformableConfig(**base)
-
-
-def camera(t: float = 0.0) -> Camera:
-    return Camera(look_at(torch.tensor([0.0, -4.0, 0.0]), torch.zeros(3)), fx=40.0, fy=40.0, cx=20.0, cy=16.0,
-                  width=40, height=32, time=t)
 
 
 def randomize_heads(model: DeformableGaussians) -> None:

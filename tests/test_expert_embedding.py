@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import data_path
+from conftest import data_path, random_init
 
 from moegs.cameras import Camera, look_at
 from moegs.data import DataConfig, load_scene
@@ -23,9 +23,7 @@ TIMES = torch.tensor([0.0, 0.1, 0.3, 0.6, 0.8, 1.0])  # uneven on purpose
 
 
 def small_init(n: int = 300) -> SceneInit:
-    g = torch.Generator().manual_seed(2)
-    return SceneInit(points=torch.rand(n, 3, generator=g) * 2 - 1, colors=torch.rand(n, 3, generator=g),
-                     extent=2.0, times=TIMES)
+    return random_init(n, seed=2, times=TIMES)
 
 
 def small_config(**kw) -> EmbeddingConfig:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import data_path
+from conftest import data_path, random_init
 
 from moegs.cameras import Camera, look_at
 from moegs.data import DataConfig, load_scene
@@ -22,9 +22,7 @@ from moegs.train.trainer import Optimization
 
 
 def small_init(n: int = 300) -> SceneInit:
-    g = torch.Generator().manual_seed(1)
-    return SceneInit(points=torch.rand(n, 3, generator=g) * 2 - 1, colors=torch.rand(n, 3, generator=g),
-                     extent=2.0, times=torch.linspace(0, 1, 6))
+    return random_init(n, seed=1, times=torch.linspace(0, 1, 6))
 
 
 def small_config(**kw) -> HexPlaneConfig:

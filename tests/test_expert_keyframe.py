@@ -7,9 +7,8 @@ import json
 import math
 
 import torch
-from conftest import data_path
+from conftest import data_path, random_init, small_camera as camera
 
-from moegs.cameras import Camera, look_at
 from moegs.data import DataConfig, load_scene
 from moegs.experts import EXPERTS, Expert, SceneInit
 from moegs.experts.keyframe import KeyframeConfig, KeyframeGaussians, hermite, slerp
@@ -24,14 +23,7 @@ TIMES = torch.linspace(0, 1, 9)
 
 
 def small_init(n: int = 80) -> SceneInit:
-    g = torch.Generator().manual_seed(5)
-    return SceneInit(points=torch.rand(n, 3, generator=g) * 2 - 1, colors=torch.rand(n, 3, generator=g),
-                     extent=2.0, times=TIMES)
-
-
-def camera(t: float = 0.0) -> Camera:
-    return Camera(look_at(torch.tensor([0.0, -4.0, 0.0]), torch.zeros(3)), fx=40.0, fy=40.0, cx=20.0, cy=16.0,
-                  width=40, height=32, time=t)
+    return random_init(n, seed=5, times=TIMES)
 
 
 def z_rotation(angle: float) -> torch.Tensor:
