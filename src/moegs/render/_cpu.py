@@ -26,18 +26,11 @@ from torch.autograd.function import once_differentiable
 
 from .projection import TILE_SIZE, TileBins
 
-__all__ = ["available", "build_error", "composite_cpu"]
+__all__ = ["NativeExtension", "available", "build_error", "composite_cpu"]
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
-_SOURCES = ("ext.cpp", "composite_cpu.cpp")
-_HEADERS = ("composite.h",)
 _CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-DNDEBUG")
 _LDFLAGS = ("-fopenmp",)
-
-_lock = threading.Lock()
-_module: ModuleType | None = None
-_error: str | None = None
-_tried = False
 
 
 def _cpu_model() -> str:
@@ -50,63 +43,93 @@ def _cpu_model() -> str:
     return "\n".join(dict.fromkeys(keep))  # one line per distinct value
 
 
-def _build_dir() -> tuple[str, Path]:
-    h = hashlib.sha256()
-    for f in _SOURCES + _HEADERS:
-        h.update((_CSRC / f).read_bytes())
-    for part in (*_CFLAGS, *_LDFLAGS, _cpu_model(), torch.__version__, sys.version):
-        h.update(part.encode())
-    key = h.hexdigest()[:16]
-    root = Path(os.environ.get("MOEGS_CACHE_DIR") or Path.home() / ".cache" / "moegs")
-    return f"moegs_composite_cpu_{key}", root / f"composite_cpu_{key}"
+class NativeExtension:
+    """One compiled extension of ``csrc/`` (built on first use, cached, thread-safe).
 
+    Each native op family (compositing, projection, ...) is its own extension, so a
+    build failure of one never takes the others down.
 
-def _load() -> ModuleType | None:
-    global _module, _error, _tried
-    with _lock:
-        if _tried:
-            return _module
-        _tried = True
-        try:
-            from torch.utils.cpp_extension import load
+    Args:
+        name: extension name (also the cache folder's prefix).
+        sources: ``.cpp`` files under ``csrc/``.
+        headers: headers they include (part of the cache key).
+        what: human-readable name used in messages.
+    """
 
-            name, build_dir = _build_dir()
-            build_dir.mkdir(parents=True, exist_ok=True)
-            if not any(build_dir.glob(f"{name}*.so")):
-                print("moegs: compiling the CPU rasterizer (once, ~1 min)…", file=sys.stderr, flush=True)
-            _module = load(
-                name=name,
-                sources=[str(_CSRC / f) for f in _SOURCES],
-                extra_cflags=list(_CFLAGS),
-                extra_ldflags=list(_LDFLAGS),
-                build_directory=str(build_dir),
-                verbose=False,
+    def __init__(self, name: str, sources: tuple[str, ...], headers: tuple[str, ...], what: str) -> None:
+        self.name, self.sources, self.headers, self.what = name, sources, headers, what
+        self._lock = threading.Lock()
+        self._module: ModuleType | None = None
+        self._error: str | None = None
+        self._tried = False
+
+    def _build_dir(self) -> tuple[str, Path]:
+        h = hashlib.sha256()
+        for f in self.sources + self.headers:
+            h.update((_CSRC / f).read_bytes())
+        for part in (*_CFLAGS, *_LDFLAGS, _cpu_model(), torch.__version__, sys.version):
+            h.update(part.encode())
+        key = h.hexdigest()[:16]
+        root = Path(os.environ.get("MOEGS_CACHE_DIR") or Path.home() / ".cache" / "moegs")
+        return f"moegs_{self.name}_{key}", root / f"{self.name}_{key}"
+
+    def load(self) -> ModuleType | None:
+        """The compiled module, or ``None`` when it cannot be built (see :meth:`error`)."""
+        with self._lock:
+            if self._tried:
+                return self._module
+            self._tried = True
+            try:
+                from torch.utils.cpp_extension import load
+
+                name, build_dir = self._build_dir()
+                build_dir.mkdir(parents=True, exist_ok=True)
+                if not any(build_dir.glob(f"{name}*.so")):
+                    print(f"moegs: compiling the {self.what} (once, ~1 min)…", file=sys.stderr, flush=True)
+                self._module = load(
+                    name=name,
+                    sources=[str(_CSRC / f) for f in self.sources],
+                    extra_cflags=list(_CFLAGS),
+                    extra_ldflags=list(_LDFLAGS),
+                    build_directory=str(build_dir),
+                    verbose=False,
+                )
+            except Exception as e:  # compiler missing, build failure, unwritable cache...
+                msg = f"{type(e).__name__}: {e}".strip()
+                self._error = msg if len(msg) <= 2000 else "…" + msg[-2000:]
+            return self._module
+
+    def error(self) -> str | None:
+        """Why the extension is unavailable, or ``None`` if it built."""
+        self.load()
+        return self._error
+
+    def require(self) -> ModuleType:
+        """The compiled module; ``RuntimeError`` with the build error when it cannot be built."""
+        module = self.load()
+        if module is None:
+            raise RuntimeError(
+                f"moegs: the compiled {self.what} is unavailable ({self._error}); "
+                "install a C++ compiler with OpenMP support, or use backend='torch'"
             )
-        except Exception as e:  # compiler missing, build failure, unwritable cache...
-            msg = f"{type(e).__name__}: {e}".strip()
-            _error = msg if len(msg) <= 2000 else "…" + msg[-2000:]
-        return _module
+        return module
+
+
+_COMPOSITE = NativeExtension("composite_cpu", ("ext.cpp", "composite_cpu.cpp"), ("composite.h",), "CPU rasterizer")
 
 
 def available() -> bool:
     """Whether the compiled CPU rasterizer can be used (builds it on the first call)."""
-    return _load() is not None
+    return _COMPOSITE.load() is not None
 
 
 def build_error() -> str | None:
     """Why the compiled CPU rasterizer is unavailable, or ``None`` if it is available."""
-    _load()
-    return _error
+    return _COMPOSITE.error()
 
 
 def _require() -> ModuleType:
-    module = _load()
-    if module is None:
-        raise RuntimeError(
-            f"moegs: the compiled CPU rasterizer is unavailable ({_error}); "
-            "install a C++ compiler with OpenMP support, or use backend='torch'"
-        )
-    return module
+    return _COMPOSITE.require()
 
 
 class _CompositeCpu(torch.autograd.Function):
