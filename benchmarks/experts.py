@@ -8,8 +8,8 @@ optimisation loop only, excluding loading and evaluation).
     python benchmarks/experts.py SCENE [--steps 3000] [--downscale 8] [--experts deformable,spacetime]
         [--set KEY=VALUE ...] [--out DIR] [--json FILE]
 
-``--set`` takes ``TrainConfig`` overrides (``strategy.refine_every=50``); ``EXPERT.field=value``
-(``deformable.warmup_steps=300``) sets an option of that expert only.
+``--set`` takes ``TrainConfig`` overrides (``strategy.refine_every=50``); ``experts.EXPERT.field=value``
+(``experts.deformable.warmup_steps=300``) sets a field of that expert only, as ``moegs pipeline`` does.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from moegs.data import DataConfig, load_scene  # noqa: E402
 from moegs.experts import EXPERTS  # noqa: E402
 from moegs.train import TrainConfig, apply_overrides  # noqa: E402
+from moegs.train.config import to_dict  # noqa: E402
 from moegs.train.run import train_expert  # noqa: E402
 
 COLUMNS = ("expert", "PSNR", "SSIM", "LPIPS", "FPS", "#Gauss", "MB", "train s")
@@ -36,21 +37,24 @@ def run_one(scene, name: str, args: argparse.Namespace, out: Path) -> dict:
     cfg = TrainConfig(expert=name, steps=args.steps, backend=args.backend, seed=args.seed,
                       checkpoint_every=10**9, log_every=max(1, args.steps // 20))
     cfg.data.downscale = args.downscale
-    shared = []
+    # ``experts.<name>.<field>=v`` sets a field of that expert (as ``moegs pipeline`` does); the rest
+    # (``strategy.*``, ``steps``, ...) applies to every expert's run.
+    overrides = []
     for item in args.set:
-        key = item.split("=", 1)[0]
-        prefix = key.split(".", 1)[0]
-        if prefix in EXPERTS:
-            if prefix == name:
-                cfg.expert_options[key.split(".", 1)[1]] = item.split("=", 1)[1]
+        parts = item.split("=", 1)[0].split(".")
+        if parts[0] == "experts" and len(parts) > 2:
+            if parts[1] not in EXPERTS:
+                raise SystemExit(f"experts.py: error: unknown expert {parts[1]!r} in {item!r}")
+            if parts[1] == name:
+                overrides.append("expert." + item.split(".", 2)[2])
         else:
-            shared.append(item)
-    apply_overrides(cfg, shared)
+            overrides.append(item)
+    apply_overrides(cfg, overrides)
     s = train_expert(scene, cfg, out / name, progress=not args.quiet)
     return {"expert": name, "psnr": s["test_psnr"], "ssim": s["test_ssim"], "lpips": s["test_lpips"],
             "lpips_note": s.get("test_lpips_note"), "fps": s["test_render_fps"],
             "num_gaussians": s["test_num_gaussians"], "size_mb": s["test_size_mb"], "train_s": s["train_time_s"],
-            "options": dict(cfg.expert_options)}
+            "config": to_dict(cfg.expert)}
 
 
 def format_table(rows: list[dict], header: str) -> str:

@@ -22,7 +22,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from moegs.data import load_scene  # noqa: E402
-from moegs.eval import measure_fps  # noqa: E402
 from moegs.moe import MoEConfig, evaluate_mixture, load_mixture, train_mixture  # noqa: E402
 from moegs.moe.ablation import DESCRIPTIONS, format_table, run_ablation  # noqa: E402
 from moegs.moe.distill import distill  # noqa: E402
@@ -30,6 +29,19 @@ from moegs.moe.prune import gate_prune  # noqa: E402
 from moegs.moe.viz import render_weight_video, save_weight_figure, usage_histogram  # noqa: E402
 from moegs.train import TrainConfig  # noqa: E402
 from moegs.train.run import train_expert  # noqa: E402
+
+
+@torch.no_grad()
+def measure_fps(render, views, repeats: int = 1) -> float:
+    """Frames per second of ``render`` over ``views`` (after one warm-up frame)."""
+    import time
+
+    render(views[0])
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        for v in views:
+            render(v)
+    return repeats * len(views) / (time.perf_counter() - t0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

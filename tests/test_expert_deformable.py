@@ -10,13 +10,13 @@ import torch
 from conftest import data_path, random_init, small_camera as camera
 
 from moegs.data import DataConfig, load_scene
-from moegs.experts import EXPERTS, Expert, SceneInit
+from moegs.experts import EXPERTS, CanonicalConfig, Expert, SceneInit
 from moegs.experts.deformable import DeformableConfig, DeformableGaussians, positional_encoding
 from moegs.train import ops
 from moegs.train.checkpoint import load_expert, save_expert
 from moegs.train.config import TrainConfig
 from moegs.train.run import train_expert
-from moegs.train.trainer import Optimization
+from moegs.train.optim import Optimization
 
 
 def small_init(n: int = 200) -> SceneInit:
@@ -24,7 +24,7 @@ def small_init(n: int = 200) -> SceneInit:
 
 
 def small_config(**kw) -> DeformableConfig:
-    base = dict(sh_degree=1, net_depth=4, net_width=16, time_net_width=8, time_net_out=6, warmup_steps=5)
+    base = dict(gaussians=CanonicalConfig(sh_degree=1), net_depth=4, net_width=16, time_net_width=8, time_net_out=6, warmup_steps=5)
     base.update(kw)
     return DeformableConfig(**base)
 
@@ -145,8 +145,8 @@ def test_short_training_on_dnerf_mutant(tmp_path):
     Measured: test PSNR 21.2 dB on 2 busy CPU cores, ~50 s; the bar leaves ~1 dB for run-to-run noise.
     """
     scene = load_scene(data_path("dnerf_mutant"), DataConfig(downscale=8))
-    cfg = TrainConfig(expert="deformable", steps=400, log_every=50, checkpoint_every=10**9, backend="cpu",
-                      expert_options={"max_init_points": 4000, "warmup_steps": 200})
+    cfg = TrainConfig(expert=DeformableConfig(gaussians=CanonicalConfig(max_init_points=4000), warmup_steps=200),
+                      steps=400, log_every=50, checkpoint_every=10**9, backend="cpu")
     cfg.strategy.refine_start_iter = 200
     summary = train_expert(scene, cfg, tmp_path, progress=False)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

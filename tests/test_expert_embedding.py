@@ -10,14 +10,14 @@ from conftest import data_path, random_init
 
 from moegs.cameras import Camera, look_at
 from moegs.data import DataConfig, load_scene
-from moegs.experts import EXPERTS, Expert, SceneInit
+from moegs.experts import EXPERTS, CanonicalConfig, Expert, SceneInit
 from moegs.experts.embedding import EmbeddingConfig, EmbeddingGaussians, interp1d, knn_indices
 from moegs.train import ops
 from moegs.train.checkpoint import load_expert, save_expert
 from moegs.train.config import TrainConfig
 from moegs.train.run import train_expert
 from moegs.train.strategy import DefaultStrategy
-from moegs.train.trainer import Optimization
+from moegs.train.optim import Optimization
 
 TIMES = torch.tensor([0.0, 0.1, 0.3, 0.6, 0.8, 1.0])  # uneven on purpose
 
@@ -27,7 +27,7 @@ def small_init(n: int = 300) -> SceneInit:
 
 
 def small_config(**kw) -> EmbeddingConfig:
-    base = dict(sh_degree=1, gaussian_embedding_dim=8, temporal_embedding_dim=8, coarse_embeddings=3, c2f_steps=10,
+    base = dict(gaussians=CanonicalConfig(sh_degree=1), gaussian_embedding_dim=8, temporal_embedding_dim=8, coarse_embeddings=3, c2f_steps=10,
                 net_width=16, knn=4)
     base.update(kw)
     return EmbeddingConfig(**base)
@@ -213,8 +213,8 @@ def test_checkpoint_round_trip_renders_identically(tmp_path):
 def test_trains_on_dnerf_mutant(tmp_path):
     scene = load_scene(data_path("dnerf_mutant"), DataConfig(downscale=8))  # 100x100, 150 train / 20 test views
     steps = 300
-    cfg = TrainConfig(expert="embedding", steps=steps, log_every=50, checkpoint_every=steps, sh_increase_every=150,
-                      expert_options={"max_init_points": 2000, "sh_degree": 1, "c2f_steps": 200},
+    expert = EmbeddingConfig(gaussians=CanonicalConfig(max_init_points=2000, sh_degree=1), c2f_steps=200)
+    cfg = TrainConfig(expert=expert, steps=steps, log_every=50, checkpoint_every=steps, sh_increase_every=150,
                       strategy=DefaultStrategy(refine_start_iter=100, refine_every=50, refine_stop_iter=steps,
                                                reset_every=0, max_gaussians=15000))
     summary = train_expert(scene, cfg, tmp_path, progress=False)

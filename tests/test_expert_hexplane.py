@@ -11,14 +11,14 @@ from conftest import data_path, random_init
 from moegs.cameras import Camera, look_at
 from moegs.data import DataConfig, load_scene
 from moegs.eval import evaluate_expert
-from moegs.experts import EXPERTS, Expert, SceneInit
+from moegs.experts import EXPERTS, CanonicalConfig, Expert, SceneInit
 from moegs.experts.hexplane import HexPlaneConfig, HexPlaneField, HexPlaneGaussians, plane_time_smoothness
 from moegs.train import ops
 from moegs.train.checkpoint import load_expert, save_expert
 from moegs.train.config import TrainConfig
 from moegs.train.run import train_expert
 from moegs.train.strategy import DefaultStrategy
-from moegs.train.trainer import Optimization
+from moegs.train.optim import Optimization
 
 
 def small_init(n: int = 300) -> SceneInit:
@@ -26,7 +26,7 @@ def small_init(n: int = 300) -> SceneInit:
 
 
 def small_config(**kw) -> HexPlaneConfig:
-    base = dict(sh_degree=1, feature_dim=4, resolution=(8, 8, 8, 5), multires=(1, 2), net_width=16, warmup_steps=0)
+    base = dict(gaussians=CanonicalConfig(sh_degree=1), feature_dim=4, resolution=(8, 8, 8, 5), multires=(1, 2), net_width=16, warmup_steps=0)
     base.update(kw)
     return HexPlaneConfig(**base)
 
@@ -189,8 +189,8 @@ def test_checkpoint_round_trip_renders_identically(tmp_path):
 def test_trains_on_dnerf_mutant(tmp_path):
     scene = load_scene(data_path("dnerf_mutant"), DataConfig(downscale=8))  # 100x100, 150 train / 20 test views
     steps = 400
-    cfg = TrainConfig(expert="hexplane", steps=steps, log_every=50, checkpoint_every=steps, sh_increase_every=200,
-                      expert_options={"max_init_points": 3000, "sh_degree": 1, "warmup_steps": 150},
+    expert = HexPlaneConfig(gaussians=CanonicalConfig(max_init_points=3000, sh_degree=1), warmup_steps=150)
+    cfg = TrainConfig(expert=expert, steps=steps, log_every=50, checkpoint_every=steps, sh_increase_every=200,
                       strategy=DefaultStrategy(refine_start_iter=100, refine_every=50, refine_stop_iter=steps,
                                                reset_every=0, max_gaussians=15000))
     summary = train_expert(scene, cfg, tmp_path, progress=False)

@@ -10,14 +10,14 @@ import torch
 from conftest import data_path, random_init, small_camera as camera
 
 from moegs.data import DataConfig, load_scene
-from moegs.experts import EXPERTS, Expert, SceneInit
+from moegs.experts import EXPERTS, CanonicalConfig, Expert, SceneInit
 from moegs.experts.keyframe import KeyframeConfig, KeyframeGaussians, hermite, slerp
 from moegs.train import ops
 from moegs.train.checkpoint import load_expert, save_expert
 from moegs.train.config import TrainConfig
 from moegs.train.run import train_expert
 from moegs.train.strategy import DefaultStrategy
-from moegs.train.trainer import Optimization
+from moegs.train.optim import Optimization
 
 TIMES = torch.linspace(0, 1, 9)
 
@@ -32,7 +32,7 @@ def z_rotation(angle: float) -> torch.Tensor:
 
 def dynamic_model(**kw) -> KeyframeGaussians:
     """All Gaussians dynamic, with random keyframe positions and rotations."""
-    cfg = dict(sh_degree=1, initial_keyframes=3, keyframe_levels=2, subdivide_every=10, convert_every=0)
+    cfg = dict(gaussians=CanonicalConfig(sh_degree=1), initial_keyframes=3, keyframe_levels=2, subdivide_every=10, convert_every=0)
     cfg.update(kw)
     model = KeyframeGaussians(small_init(), KeyframeConfig(**cfg))
     g = torch.Generator().manual_seed(1)
@@ -182,8 +182,8 @@ def test_short_training_on_dnerf_mutant(tmp_path):
     Measured: test PSNR 22.1 dB (loss 0.31 -> 0.039) on 2 busy CPU cores, ~65 s; the bar leaves ~1.5 dB for noise.
     """
     scene = load_scene(data_path("dnerf_mutant"), DataConfig(downscale=8))
-    cfg = TrainConfig(expert="keyframe", steps=400, log_every=50, checkpoint_every=10**9, backend="cpu",
-                      expert_options={"max_init_points": 4000, "convert_start": 100, "subdivide_every": 100})
+    expert = KeyframeConfig(gaussians=CanonicalConfig(max_init_points=4000), convert_start=100, subdivide_every=100)
+    cfg = TrainConfig(expert=expert, steps=400, log_every=50, checkpoint_every=10**9, backend="cpu")
     cfg.strategy.refine_start_iter = 200
     summary = train_expert(scene, cfg, tmp_path, progress=False)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

@@ -10,14 +10,14 @@ import torch
 from conftest import data_path, random_init, small_camera as camera
 
 from moegs.data import DataConfig, load_scene
-from moegs.experts import EXPERTS, Expert, SceneInit
+from moegs.experts import EXPERTS, CanonicalConfig, Expert, SceneInit
 from moegs.experts.spacetime import SpacetimeConfig, SpacetimeGaussians, recenter_polynomial
 from moegs.train import ops
 from moegs.train.checkpoint import load_expert, save_expert
 from moegs.train.config import TrainConfig
 from moegs.train.run import train_expert
 from moegs.train.strategy import DefaultStrategy
-from moegs.train.trainer import Optimization
+from moegs.train.optim import Optimization
 
 TIMES = torch.linspace(0, 1, 9)
 
@@ -35,7 +35,7 @@ def randomize_motion(model: SpacetimeGaussians) -> None:
 
 def test_registered_and_initial_points_replicated_across_time():
     assert EXPERTS["spacetime"] == (SpacetimeConfig, SpacetimeGaussians)
-    model = SpacetimeGaussians(small_init(100), SpacetimeConfig(init_time_copies=4, max_init_points=400))
+    model = SpacetimeGaussians(small_init(100), SpacetimeConfig(init_time_copies=4, gaussians=CanonicalConfig(max_init_points=400)))
     assert isinstance(model, Expert)
     s = model.splats
     assert s["means"].shape[0] == 400 and s["motion"].shape == (400, 9) and s["omega"].shape == (400, 4)
@@ -64,7 +64,7 @@ def test_motion_rotation_and_opacity_by_hand():
 
 def test_gaussian_centred_at_zero_with_large_temporal_sharpness_is_invisible_at_one():
     init = SceneInit(points=torch.zeros(1, 3), colors=torch.ones(1, 3), extent=1.0, times=TIMES)
-    model = SpacetimeGaussians(init, SpacetimeConfig(init_time_copies=1, sh_degree=0))
+    model = SpacetimeGaussians(init, SpacetimeConfig(init_time_copies=1, gaussians=CanonicalConfig(sh_degree=0)))
     with torch.no_grad():
         model.splats["t_center"].fill_(0.0)
         model.splats["t_scale"].fill_(math.log(0.05))  # s_τ = 1 / 0.05² = 400
@@ -82,7 +82,7 @@ def test_gaussian_centred_at_zero_with_large_temporal_sharpness_is_invisible_at_
 
 
 def test_gradients_reach_every_param_group():
-    model = SpacetimeGaussians(small_init(100), SpacetimeConfig(init_time_copies=2, sh_degree=1))
+    model = SpacetimeGaussians(small_init(100), SpacetimeConfig(init_time_copies=2, gaussians=CanonicalConfig(sh_degree=1)))
     randomize_motion(model)
     model.sh_degree = 1
     groups = model.param_groups()
@@ -158,7 +158,7 @@ def test_strategy_prunes_gaussians_that_never_appear():
 
 
 def test_checkpoint_round_trip_renders_identically(tmp_path):
-    model = SpacetimeGaussians(small_init(50), SpacetimeConfig(init_time_copies=3, sh_degree=1))
+    model = SpacetimeGaussians(small_init(50), SpacetimeConfig(init_time_copies=3, gaussians=CanonicalConfig(sh_degree=1)))
     randomize_motion(model)
     opt = Optimization(model.param_groups(), 10)
     ops.split(model.splats, opt.optimizers, {}, torch.rand(model.splats["means"].shape[0]) < 0.5)
@@ -181,8 +181,8 @@ def test_short_training_on_dnerf_mutant(tmp_path):
     Measured: test PSNR 23.9 dB (loss 0.23 -> 0.034) on 2 busy CPU cores; the bar leaves ~2 dB for noise.
     """
     scene = load_scene(data_path("dnerf_mutant"), DataConfig(downscale=8))
-    cfg = TrainConfig(expert="spacetime", steps=400, log_every=50, checkpoint_every=10**9, backend="cpu",
-                      expert_options={"max_init_points": 4000})
+    expert = SpacetimeConfig(gaussians=CanonicalConfig(max_init_points=4000))
+    cfg = TrainConfig(expert=expert, steps=400, log_every=50, checkpoint_every=10**9, backend="cpu")
     cfg.strategy.refine_start_iter = 200
     summary = train_expert(scene, cfg, tmp_path, progress=False)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

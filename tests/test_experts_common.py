@@ -10,7 +10,8 @@ from moegs.train import TrainConfig
 from moegs.train import ops
 from moegs.train.checkpoint import load_expert, save_expert
 from moegs.train.run import scene_init
-from moegs.train.trainer import Optimization, Trainer
+from moegs.train.optim import Optimization
+from moegs.train.trainer import Trainer
 
 NAMES = sorted(EXPERTS)
 

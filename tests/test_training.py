@@ -11,7 +11,8 @@ from conftest import data_path
 from moegs.data import DataConfig, load_scene
 from moegs.train import TrainConfig
 from moegs.train.run import train_expert
-from moegs.train.trainer import Optimization, Trainer
+from moegs.train.optim import Optimization
+from moegs.train.trainer import Trainer
 from moegs.experts import EXPERTS, ParamGroup
 
 
@@ -21,9 +22,8 @@ FAST_STAGES = {"hexplane": {"warmup_steps": 8}, "deformable": {"warmup_steps": 8
 
 
 def _cfg(steps, expert="static", **kw):
-    kw.setdefault("expert_options", dict(FAST_STAGES.get(expert, {})))
-    cfg = TrainConfig(expert=expert, steps=steps, log_every=5, checkpoint_every=10, backend="cpu",
-                      eval_at_end=False, **kw)
+    ex = EXPERTS[expert][0](**FAST_STAGES.get(expert, {}))
+    cfg = TrainConfig(expert=ex, steps=steps, log_every=5, checkpoint_every=10, backend="cpu", eval_at_end=False, **kw)
     cfg.strategy.refine_start_iter = 5
     cfg.strategy.refine_every = 5
     cfg.strategy.reset_every = 15

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import torch
 
+from . import io
 from .data import DataConfig, Scene, load_scene
+from .experts import ExpertConfig, expert_config
 from .moe import MoEConfig, load_mixture, train_mixture
 from .moe.viz import render_weight_video, save_weight_figure, usage_histogram
 from .train import TrainConfig
-from .train.run import train_expert, write_json
+from .train.run import train_expert
 
 __all__ = ["PipelineConfig", "run_pipeline"]
 
@@ -27,27 +29,32 @@ __all__ = ["PipelineConfig", "run_pipeline"]
 class PipelineConfig:
     """Experts, then the mixture, then the report."""
 
-    # Experts of the mixture (2 to 5 names from moegs.experts.EXPERTS), each trained alone first.
-    experts: tuple[str, ...] = ("static", "spacetime", "keyframe")
+    # Experts of the mixture (2 to 5, by name), each with its config and trained alone first;
+    # ``--set experts.<name>.<field>=v`` sets one expert's field.
+    experts: dict[str, ExpertConfig] = field(
+        default_factory=lambda: {n: expert_config(n) for n in ("static", "spacetime", "keyframe")})
     # Training steps of every expert (one budget for all, so they compare fairly).
     expert_steps: int = 1200
-    # Expert hyper-parameters per expert name (``{"hexplane": {"warmup_steps": 300}}``).
-    expert_options: dict = field(default_factory=dict)
     # How the scene is read.
     data: DataConfig = field(default_factory=DataConfig)
     # Mixture training (router, gates, stages).
     moe: MoEConfig = field(default_factory=lambda: MoEConfig(steps=800))
     # Densification of every expert: stop growing beyond this many Gaussians (0 = unlimited).
     max_gaussians: int = 20_000
-    # Rasterizer backend for everything.
+    # Rasterizer backend for everything: auto, cpu, torch or cuda.
     backend: str = "auto"
+    # Random seed of every stage.
     seed: int = 0
+
+    def with_experts(self, names: list[str]) -> "PipelineConfig":
+        """Use the experts ``names`` (their default configs, or the ones already set here)."""
+        self.experts = {n: self.experts.get(n) or expert_config(n) for n in names}
+        return self
 
 
 def _expert_config(cfg: PipelineConfig, name: str) -> TrainConfig:
-    tc = TrainConfig(expert=name, steps=cfg.expert_steps, data=cfg.data, backend=cfg.backend, seed=cfg.seed,
-                     expert_options=dict(cfg.expert_options.get(name, {})),
-                     checkpoint_every=max(1, cfg.expert_steps // 4))
+    tc = TrainConfig(expert=cfg.experts[name], steps=cfg.expert_steps, data=cfg.data, backend=cfg.backend,
+                     seed=cfg.seed, checkpoint_every=max(1, cfg.expert_steps // 4))
     s = tc.strategy
     s.refine_start_iter = max(1, cfg.expert_steps // 10)
     s.refine_stop_iter = int(cfg.expert_steps * 0.75)
@@ -82,7 +89,7 @@ def run_pipeline(data: str | Path | Scene, config: PipelineConfig, out: str | Pa
     moe_summary = _done(moe_run) or train_mixture(ckpts, scene, moe_cfg, moe_run, resume=True, progress=progress)
     report = _report(scene, config, rows, moe_summary, moe_run, out)
     report["pipeline_time_s"] = round(time.perf_counter() - t0, 1)
-    write_json(out / "report.json", report)
+    io.write_json(out / "report.json", report)
     return report
 
 
@@ -130,9 +137,7 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
     if lpips_note:
         lines.append(f"_{lpips_note}_")
     text = "\n".join(lines) + "\n"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(text)
-    tmp.replace(out / "report.md")
+    io.write_text(out / "report.md", text)
     return {"table": table, "best_expert": best, "gain_over_best_db": gain, "usage": usage["usage"],
             "figures": figures, "video": video.relative_to(out).as_posix()}
 

@@ -33,10 +33,32 @@ def _data_config(args: argparse.Namespace):
 
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--format", help="force the dataset format (n3v, technicolor, dnerf, panoptic, colmap)")
+    from ..data import FORMATS
+
+    p.add_argument("--format", choices=sorted(FORMATS), help="force the dataset format (default: detected)")
     p.add_argument("--downscale", type=float, help="image downscale factor (default: the format's own)")
     p.add_argument("--frame-step", type=int, help="keep every k-th frame")
     p.add_argument("--max-frames", type=int, help="keep at most this many frames")
+
+
+def _set_given(cfg, args: argparse.Namespace, fields: dict[str, str]) -> None:
+    """Copy the flags the user gave (``flag attribute -> config field``) onto ``cfg``; defaults stay the config's."""
+    for flag, name in fields.items():
+        v = getattr(args, flag, None)
+        if v is not None:
+            setattr(cfg, name, v)
+
+
+def _add_run_flags(p: argparse.ArgumentParser, what: str) -> None:
+    """Flags every training command shares; their defaults are the config's."""
+    from ..render import BACKENDS
+    from ..train.trainer import DEVICES
+
+    p.add_argument("--out", help=f"run directory (default: {what})")
+    p.add_argument("--backend", choices=BACKENDS, help="rasterizer backend (default: auto)")
+    p.add_argument("--device", choices=DEVICES, help="device (default: auto, cuda when present)")
+    p.add_argument("--seed", type=int, help="random seed")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _positive(kind):
@@ -50,17 +72,16 @@ def _positive(kind):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from ..experts import expert_config
     from ..train import TrainConfig, apply_overrides
     from ..train.run import train_expert
 
-    cfg = TrainConfig(expert=args.expert, data=_data_config(args))
-    if args.steps is not None:
-        cfg.steps = args.steps
-    cfg.backend = args.backend
-    cfg.device = args.device
-    cfg.seed = args.seed
+    cfg = TrainConfig(data=_data_config(args))
+    if args.expert is not None:
+        cfg.expert = expert_config(args.expert)
+    _set_given(cfg, args, {"steps": "steps", "backend": "backend", "device": "device", "seed": "seed"})
     apply_overrides(cfg, args.set or [])
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.data).name}-{cfg.expert}"
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(args.data).name}-{cfg.expert.name}"
     summary = train_expert(args.data, cfg, out, resume=args.resume, progress=not args.quiet)
     _print_summary(summary, out)
     return 0
@@ -87,13 +108,13 @@ def _resolve_checkpoint(path: Path) -> Path:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from .. import io
     from ..eval import evaluate_expert
-    from ..train.run import write_json
 
     ckpt, expert, scene = _load_for_eval(args)
     out = Path(args.out) if args.out else ckpt.parent.parent / "eval"
-    res = evaluate_expert(expert, scene, backend=args.backend, out_dir=out / "renders")
-    write_json(out / "eval.json", res)
+    res = evaluate_expert(expert, scene, backend=args.backend or "auto", out_dir=out / "renders")
+    io.write_json(out / "eval.json", res)
     _print_summary({k: v for k, v in res.items() if k != "per_view"}, out)
     return 0
 
@@ -129,6 +150,7 @@ def _load_for_eval(args: argparse.Namespace):
 def cmd_render(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..eval.video import render_video, sweep_times
+    from ..experts import render_expert
 
     ckpt, expert, scene = _load_for_eval(args)
     views = scene.test_views or scene.train_views
@@ -136,10 +158,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not 0 <= args.camera < len(cams):
         raise ConfigError(f"--camera {args.camera}: the scene has {len(cams)} test camera(s)")
     view = next(v for v in views if v.camera_id == cams[args.camera])
-    bg = scene.background
 
     def render(cam):
-        return expert.gaussians_at(cam.time).render(cam, background=bg, backend=args.backend).color
+        return render_expert(expert, cam, background=scene.background, backend=args.backend or "auto").color
 
     out = Path(args.out) if args.out else ckpt.parent.parent / "renders" / f"camera{cams[args.camera]:02d}.mp4"
     render_video(render, view.camera, sweep_times(scene.times, args.frames), out, args.fps)
@@ -160,6 +181,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_train_moe(args: argparse.Namespace) -> int:
     from ..moe import MoEConfig, train_mixture
     from ..train import apply_overrides
+    from ..train.checkpoint import load_checkpoint
+    from ..train.config import from_dict
+    from ..experts import EXPERTS
 
     if args.data is None:  # `--experts a.pt b.pt DATA`: the option swallowed the scene folder
         if len(args.experts) < 2:
@@ -167,11 +191,13 @@ def cmd_train_moe(args: argparse.Namespace) -> int:
 
             raise ConfigError("train-moe needs a scene folder after the expert checkpoints")
         args.data = args.experts.pop()
-    cfg = MoEConfig(router=args.router, data=_data_config(args), backend=args.backend, device=args.device)
-    if args.steps is not None:
-        cfg.steps = args.steps
-    if args.joint_steps is not None:
-        cfg.joint_steps = args.joint_steps
+    cfg = MoEConfig(data=_data_config(args))
+    _set_given(cfg, args, {"router": "router", "steps": "steps", "joint_steps": "joint_steps", "backend": "backend",
+                           "device": "device", "seed": "seed"})
+    # The experts' own configs, so that ``--set experts.<name>.<field>=v`` is checked against them.
+    for ckpt in args.experts:
+        payload = load_checkpoint(ckpt)
+        cfg.experts[payload["expert"]] = from_dict(EXPERTS[payload["expert"]][0], payload["expert_config"])
     apply_overrides(cfg, args.set or [])
     out = Path(args.out) if args.out else Path("runs") / f"{Path(args.data).name}-moe-{cfg.router}"
     summary = train_mixture(args.experts, args.data, cfg, out, resume=args.resume, progress=not args.quiet)
@@ -183,13 +209,11 @@ def _pipeline_config(args: argparse.Namespace):
     from ..pipeline import PipelineConfig
     from ..train import apply_overrides
 
-    cfg = PipelineConfig(data=_data_config(args), backend=args.backend)
+    cfg = PipelineConfig(data=_data_config(args))
     if args.experts:
-        cfg.experts = tuple(args.experts)
-    if args.expert_steps is not None:
-        cfg.expert_steps = args.expert_steps
-    if args.moe_steps is not None:
-        cfg.moe.steps = args.moe_steps
+        cfg.with_experts(args.experts)
+    _set_given(cfg, args, {"expert_steps": "expert_steps", "backend": "backend", "seed": "seed"})
+    _set_given(cfg.moe, args, {"moe_steps": "steps", "device": "device"})
     apply_overrides(cfg, args.set or [])
     return cfg
 
@@ -219,32 +243,29 @@ def _add_pipeline_flags(p: argparse.ArgumentParser, experts: list[str]) -> None:
     p.add_argument("--experts", nargs="+", choices=experts, help="experts of the mixture (2 to 5)")
     p.add_argument("--expert-steps", type=_positive(int), help="training steps of each expert")
     p.add_argument("--moe-steps", type=_positive(int), help="router training steps")
-    p.add_argument("--out", help="output folder")
-    p.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a pipeline field, e.g. moe.router=gates or max_gaussians=30000")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+                   help="override a pipeline field, e.g. moe.router=gates, max_gaussians=30000 or "
+                        "experts.spacetime.gaussians.sh_degree=2")
+    _add_run_flags(p, "runs/<scene>-pipeline")
     _add_data_flags(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ..experts import EXPERTS
+    from ..moe.router import ROUTERS
+    from ..render import BACKENDS
 
     p = argparse.ArgumentParser(prog="moegs", description="Dynamic Gaussian splatting with a mixture of experts.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one expert on a scene")
     t.add_argument("data", help="scene folder (any supported format)")
-    t.add_argument("--expert", default="static", choices=sorted(EXPERTS), help="which expert (default: static)")
+    t.add_argument("--expert", choices=list(EXPERTS), help="which expert (default: static)")
     t.add_argument("--steps", type=_positive(int), help="training steps")
-    t.add_argument("--out", help="run directory (default: runs/<scene>-<expert>)")
     t.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    t.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    t.add_argument("--seed", type=int, default=0)
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override any config field, e.g. strategy.grow_grad2d=3e-4 or expert.sh_degree=1")
-    t.add_argument("--quiet", action="store_true", help="no progress bar")
+                   help="override any config field, e.g. strategy.grow_grad2d=3e-4 or expert.gaussians.sh_degree=1")
+    _add_run_flags(t, "runs/<scene>-<expert>")
     _add_data_flags(t)
     t.set_defaults(func=cmd_train)
 
@@ -252,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint", help="checkpoint file or run directory")
     e.add_argument("--data", help="scene folder (default: the one it was trained on)")
     e.add_argument("--out", help="output folder (default: <run>/eval)")
-    e.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
+    e.add_argument("--backend", choices=BACKENDS, help="rasterizer backend (default: auto)")
     _add_data_flags(e)
     e.set_defaults(func=cmd_eval)
 
@@ -263,32 +284,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--camera", type=int, default=0, help="index among the test cameras")
     r.add_argument("--frames", type=_positive(int), help="number of frames (default: the scene's times)")
     r.add_argument("--fps", type=_positive(float), default=15.0)
-    r.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
+    r.add_argument("--backend", choices=BACKENDS, help="rasterizer backend (default: auto)")
     _add_data_flags(r)
     r.set_defaults(func=cmd_render)
 
     m = sub.add_parser("train-moe", help="train the mixture router over trained experts")
     m.add_argument("data", nargs="?", help="scene folder (may also follow the checkpoints)")
     m.add_argument("--experts", nargs="+", required=True, metavar="CKPT", help="2 to 5 expert checkpoints")
-    m.add_argument("--router", default="full", choices=["uniform", "image", "pixel_rgb", "gates", "full"])
+    m.add_argument("--router", choices=ROUTERS, help="router variant (default: full)")
     m.add_argument("--steps", type=_positive(int), help="stage-2 steps (experts frozen)")
     m.add_argument("--joint-steps", type=int, help="stage-3 steps (joint fine-tuning; 0 skips it)")
-    m.add_argument("--out", help="run directory (default: runs/<scene>-moe-<router>)")
     m.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
-    m.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
-    m.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    m.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a MoEConfig field")
-    m.add_argument("--quiet", action="store_true", help="no progress bar")
+    m.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a MoEConfig field, e.g. temperature=0.5 or experts.spacetime.gaussians.lr.means=1e-5")
+    _add_run_flags(m, "runs/<scene>-moe-<router>")
     _add_data_flags(m)
     m.set_defaults(func=cmd_train_moe)
 
     pl = sub.add_parser("pipeline", help="experts, then the mixture, then a report, on one scene")
     pl.add_argument("data", help="scene folder")
-    _add_pipeline_flags(pl, sorted(EXPERTS))
+    _add_pipeline_flags(pl, list(EXPERTS))
     pl.set_defaults(func=cmd_pipeline)
 
     d = sub.add_parser("demo", help="the whole pipeline on a generated heterogeneous dynamic scene")
-    _add_pipeline_flags(d, sorted(EXPERTS))
+    _add_pipeline_flags(d, list(EXPERTS))
     d.set_defaults(func=cmd_demo, out="runs/demo")
 
     i = sub.add_parser("inspect", help="detect a scene's format and describe what it holds")

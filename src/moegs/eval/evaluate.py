@@ -13,10 +13,12 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..data import Scene, View
+from ..experts import render_expert
+from ..io import atomic_path
 from .lpips import load_lpips
 from .metrics import psnr, ssim
 
-__all__ = ["evaluate_renderer", "evaluate_expert", "measure_fps", "model_size_mb", "save_png", "to_uint8"]
+__all__ = ["evaluate_renderer", "evaluate_expert", "model_size_mb", "save_png", "to_uint8"]
 
 RenderFn = Callable[[View], Tensor]
 
@@ -29,10 +31,8 @@ def to_uint8(img: Tensor) -> np.ndarray:
 def save_png(path: Path, img: Tensor | np.ndarray) -> None:
     """Write a PNG atomically."""
     arr = img if isinstance(img, np.ndarray) else to_uint8(img)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
 
 
 def model_size_mb(module: nn.Module) -> float:
@@ -40,19 +40,6 @@ def model_size_mb(module: nn.Module) -> float:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, buf)
     return buf.getbuffer().nbytes / 1e6
-
-
-@torch.no_grad()
-def measure_fps(render: RenderFn, views: list[View], repeats: int = 1) -> float:
-    """Frames per second of ``render`` over ``views`` (after one warm-up frame)."""
-    if not views:
-        return float("nan")
-    render(views[0])
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        for v in views:
-            render(v)
-    return repeats * len(views) / (time.perf_counter() - t0)
 
 
 @torch.no_grad()
@@ -96,11 +83,8 @@ def evaluate_renderer(render: RenderFn, scene: Scene, views: list[View] | None =
 def evaluate_expert(expert: nn.Module, scene: Scene, views: list[View] | None = None, *, backend: str = "auto",
                     out_dir: Path | None = None, use_lpips: bool = True) -> dict:
     """:func:`evaluate_renderer` for one expert, plus its Gaussian count and size on disk."""
-    device = next(expert.parameters()).device
-    bg = scene.background.to(device)
-
     def render(v: View) -> Tensor:
-        return expert.gaussians_at(v.time).render(v.camera.to(device), background=bg, backend=backend).color
+        return render_expert(expert, v.camera, v.time, background=scene.background, backend=backend).color
 
     expert.eval()
     try:

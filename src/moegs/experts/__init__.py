@@ -6,7 +6,9 @@ a model is built as ``ModelClass(SceneInit, ConfigClass(...))``.
 
 from __future__ import annotations
 
-from .base import Expert, ParamGroup, SceneInit
+from typing import Union
+
+from .base import CanonicalConfig, Expert, GaussianLR, ParamGroup, SceneInit, render_expert
 from .deformable import DeformableConfig, DeformableGaussians
 from .embedding import EmbeddingConfig, EmbeddingGaussians
 from .hexplane import HexPlaneConfig, HexPlaneGaussians
@@ -14,7 +16,8 @@ from .keyframe import KeyframeConfig, KeyframeGaussians
 from .spacetime import SpacetimeConfig, SpacetimeGaussians
 from .static import StaticConfig, StaticGaussians
 
-__all__ = ["EXPERTS", "Expert", "ParamGroup", "SceneInit", "build_expert"]
+__all__ = ["EXPERTS", "CanonicalConfig", "Expert", "ExpertConfig", "GaussianLR", "ParamGroup", "SceneInit", "build_expert",
+           "expert_config", "render_expert"]
 
 EXPERTS: dict[str, tuple[type, type]] = {
     "static": (StaticConfig, StaticGaussians),
@@ -24,11 +27,24 @@ EXPERTS: dict[str, tuple[type, type]] = {
     "hexplane": (HexPlaneConfig, HexPlaneGaussians),
     "embedding": (EmbeddingConfig, EmbeddingGaussians),
 }
+for _name, (_cfg, _model) in EXPERTS.items():
+    if not _cfg.name == _model.name == _name:
+        raise TypeError(f"expert registry: {_name!r} maps to config {_cfg.name!r} and model {_model.name!r}")
+
+#: Any registered expert's config (the type of ``TrainConfig.expert``).
+ExpertConfig = Union[tuple(cfg for cfg, _ in EXPERTS.values())]
 
 
-def build_expert(name: str, init: SceneInit, config=None):
-    """A new expert ``name`` built from ``init`` with ``config`` (default: the expert's defaults)."""
+def expert_config(name: str):
+    """The default config of expert ``name``; ``KeyError`` naming the choices for an unknown name."""
     if name not in EXPERTS:
         raise KeyError(f"unknown expert {name!r}; choose from {', '.join(EXPERTS)}")
-    config_cls, model_cls = EXPERTS[name]
-    return model_cls(init, config if config is not None else config_cls())
+    return EXPERTS[name][0]()
+
+
+def build_expert(config, init: SceneInit) -> Expert:
+    """A new expert built from ``init`` with ``config`` (a registered expert config, or an expert name for
+    its defaults)."""
+    if isinstance(config, str):
+        config = expert_config(config)
+    return EXPERTS[config.name][1](init, config)

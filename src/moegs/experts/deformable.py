@@ -30,6 +30,7 @@ published values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 
 from ..gaussians import GaussianSet, init_splats
 from .base import ParamGroup, SceneInit
-from .static import GaussianLR, splat_param_groups
+from .base import CanonicalConfig, splat_param_groups
 
 __all__ = ["DeformableConfig", "DeformableGaussians", "DeformationField", "positional_encoding"]
 
@@ -64,12 +65,9 @@ def positional_encoding(x: Tensor, num_freqs: int) -> Tensor:
 class DeformableConfig:
     """Deformable 3DGS. Defaults are scaled down for a CPU; ``DeformableConfig.paper()`` is the published setup."""
 
-    # Highest SH degree (0-3).
-    sh_degree: int = 3
-    # Opacity of the initial Gaussians.
-    init_opacity: float = 0.1
-    # Subsample the initial point cloud to at most this many points (paper: 100k random points on D-NeRF).
-    max_init_points: int = 10_000
+    name: ClassVar[str] = "deformable"
+    # The canonical Gaussians: SH degree, initial opacity and points, learning rates (paper: 100k random initial points on D-NeRF).
+    gaussians: CanonicalConfig = field(default_factory=lambda: CanonicalConfig(max_init_points=10_000))
     # Hidden layers of the deformation MLP (paper: 8).
     net_depth: int = 4
     # Width of the deformation MLP (paper: 256).
@@ -90,8 +88,6 @@ class DeformableConfig:
     ast_scale: float = 0.1
     # Steps over which the AST noise decays to zero (paper: 20k).
     ast_steps: int = 20_000
-    # Learning rates of the canonical Gaussians.
-    lr: GaussianLR = field(default_factory=GaussianLR)
     # Learning rate of the deformation field, decaying log-linearly to deform_lr_final (paper: 8e-4 -> 1.6e-6).
     deform_lr: float = 8e-4
     deform_lr_final: float = 1.6e-6
@@ -99,7 +95,7 @@ class DeformableConfig:
     @classmethod
     def paper(cls) -> "DeformableConfig":
         """The published D-NeRF setup (8 x 256 MLP, 3k warm-up steps, 100k initial points)."""
-        return cls(max_init_points=100_000, net_depth=8, net_width=256, time_net_width=256, warmup_steps=3000)
+        return cls(gaussians=CanonicalConfig(max_init_points=100_000), net_depth=8, net_width=256, time_net_width=256, warmup_steps=3000)
 
 
 class DeformationField(nn.Module):
@@ -160,12 +156,12 @@ class DeformableGaussians(nn.Module):
         super().__init__()
         self.config = config or DeformableConfig()
         c = self.config
-        self.splats = init_splats(init.points, init.colors, sh_degree=c.sh_degree, init_opacity=c.init_opacity,
-                                  max_points=c.max_init_points)
+        self.splats = init_splats(init.points, init.colors, sh_degree=c.gaussians.sh_degree, init_opacity=c.gaussians.init_opacity,
+                                  max_points=c.gaussians.max_init_points)
         self.deform = DeformationField(c)
         self.extent = float(init.extent)
         self.frame_interval = 1.0 / max(1, len(init.times))
-        self.max_sh_degree = c.sh_degree
+        self.max_sh_degree = c.gaussians.sh_degree
         self.sh_degree = 0
         # The training step last seen by on_step (a buffer so a loaded checkpoint knows it is past the warm-up).
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
@@ -197,7 +193,7 @@ class DeformableGaussians(nn.Module):
 
     def param_groups(self) -> dict[str, ParamGroup]:
         c = self.config
-        groups = splat_param_groups(self.splats, c.lr, self.extent)
+        groups = splat_param_groups(self.splats, c.gaussians.lr, self.extent)
         groups["deform"] = ParamGroup(list(self.deform.parameters()), c.deform_lr, c.deform_lr_final,
                                       delay_steps=c.warmup_steps)
         return groups

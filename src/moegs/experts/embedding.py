@@ -33,6 +33,7 @@ are not modelled.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,7 @@ from torch import Tensor, nn
 from ..gaussians import GaussianSet, init_splats
 from ..render import num_sh_bases
 from .base import ParamGroup, SceneInit
-from .static import GaussianLR, splat_param_groups
+from .base import CanonicalConfig, splat_param_groups
 
 __all__ = ["Decoder", "EmbeddingConfig", "EmbeddingGaussians", "interp1d", "knn_indices"]
 
@@ -50,14 +51,9 @@ __all__ = ["Decoder", "EmbeddingConfig", "EmbeddingGaussians", "interp1d", "knn_
 class EmbeddingConfig:
     """E-D3DGS sized for a CPU by default."""
 
-    # Highest SH degree (0-3).
-    sh_degree: int = 3
-    # Opacity of the initial Gaussians.
-    init_opacity: float = 0.1
-    # Subsample the initial point cloud to at most this many points.
-    max_init_points: int = 20_000
-    # Learning rates of the canonical Gaussian parameters.
-    lr: GaussianLR = field(default_factory=GaussianLR)
+    name: ClassVar[str] = "embedding"
+    # The canonical Gaussians: SH degree, initial opacity and points, learning rates.
+    gaussians: CanonicalConfig = field(default_factory=lambda: CanonicalConfig(max_init_points=20_000))
     # Channels of the per-Gaussian embedding (paper: 32).
     gaussian_embedding_dim: int = 32
     # Channels of the temporal embeddings (paper: 256).
@@ -171,12 +167,12 @@ class EmbeddingGaussians(nn.Module):
     def __init__(self, init: SceneInit, config: EmbeddingConfig | None = None) -> None:
         super().__init__()
         cfg = self.config = config or EmbeddingConfig()
-        self.splats = init_splats(init.points, init.colors, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,
-                                  max_points=cfg.max_init_points)
+        self.splats = init_splats(init.points, init.colors, sh_degree=cfg.gaussians.sh_degree, init_opacity=cfg.gaussians.init_opacity,
+                                  max_points=cfg.gaussians.max_init_points)
         n = self.splats["means"].shape[0]
         self.splats["embedding"] = nn.Parameter(torch.zeros(n, cfg.gaussian_embedding_dim))
         self.extent = float(init.extent)
-        self.max_sh_degree = cfg.sh_degree
+        self.max_sh_degree = cfg.gaussians.sh_degree
         self.sh_degree = 0
         times = torch.unique(init.times.float()) if init.times.numel() else torch.zeros(1)
         self.register_buffer("frame_times", times)
@@ -192,7 +188,7 @@ class EmbeddingGaussians(nn.Module):
         if cfg.deform_opacity:
             outputs["opacities"] = 1
         if cfg.deform_color:
-            outputs["colors"] = 3 * num_sh_bases(cfg.sh_degree)
+            outputs["colors"] = 3 * num_sh_bases(cfg.gaussians.sh_degree)
         args = (cfg.temporal_embedding_dim, cfg.gaussian_embedding_dim, cfg.net_width, cfg.net_depth, outputs)
         self.coarse = Decoder(*args)
         self.fine = Decoder(*args)
@@ -233,7 +229,7 @@ class EmbeddingGaussians(nn.Module):
     # ------------------------------------------------------------- training
     def param_groups(self) -> dict[str, ParamGroup]:
         cfg, e = self.config, self.extent
-        groups = splat_param_groups(self.splats, cfg.lr, e)
+        groups = splat_param_groups(self.splats, cfg.gaussians.lr, e)
         groups["embedding"] = ParamGroup([self.splats["embedding"]], cfg.embedding_lr)
         nets = [p for n, p in self.named_parameters() if not n.startswith("splats.")]
         groups["embedding_deformation"] = ParamGroup(nets, cfg.net_lr * e, cfg.net_lr_final * e)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,7 @@ from torch import Tensor, nn
 
 from ..gaussians import GaussianSet, init_splats
 from .base import ParamGroup, SceneInit
-from .static import GaussianLR, splat_param_groups
+from .base import CanonicalConfig, splat_param_groups
 
 __all__ = ["HexPlaneConfig", "HexPlaneField", "HexPlaneGaussians", "plane_tv", "plane_time_smoothness"]
 
@@ -52,14 +53,9 @@ TIME_PLANES: tuple[int, ...] = tuple(i for i, p in enumerate(PLANES) if 3 in p)
 class HexPlaneConfig:
     """4DGaussians (HexPlane deformation field) sized for a CPU by default."""
 
-    # Highest SH degree (0-3).
-    sh_degree: int = 3
-    # Opacity of the initial Gaussians.
-    init_opacity: float = 0.1
-    # Subsample the initial point cloud to at most this many points.
-    max_init_points: int = 20_000
-    # Learning rates of the canonical Gaussian parameters.
-    lr: GaussianLR = field(default_factory=GaussianLR)
+    name: ClassVar[str] = "hexplane"
+    # The canonical Gaussians: SH degree, initial opacity and points, learning rates.
+    gaussians: CanonicalConfig = field(default_factory=lambda: CanonicalConfig(max_init_points=20_000))
     # Feature channels of every plane (paper: 32).
     feature_dim: int = 16
     # Base plane resolution along x, y, z, t (paper, D-NeRF: 64, 64, 64, 25).
@@ -166,10 +162,10 @@ class HexPlaneGaussians(nn.Module):
     def __init__(self, init: SceneInit, config: HexPlaneConfig | None = None) -> None:
         super().__init__()
         cfg = self.config = config or HexPlaneConfig()
-        self.splats = init_splats(init.points, init.colors, sh_degree=cfg.sh_degree, init_opacity=cfg.init_opacity,
-                                  max_points=cfg.max_init_points)
+        self.splats = init_splats(init.points, init.colors, sh_degree=cfg.gaussians.sh_degree, init_opacity=cfg.gaussians.init_opacity,
+                                  max_points=cfg.gaussians.max_init_points)
         self.extent = float(init.extent)
-        self.max_sh_degree = cfg.sh_degree
+        self.max_sh_degree = cfg.gaussians.sh_degree
         self.sh_degree = 0
         means = self.splats["means"].detach()
         lo, hi = means.min(0).values, means.max(0).values
@@ -218,7 +214,7 @@ class HexPlaneGaussians(nn.Module):
     def param_groups(self) -> dict[str, ParamGroup]:
         cfg, e = self.config, self.extent
         nets = [p for n, p in self.named_parameters() if not n.startswith(("splats.", "field."))]
-        groups = splat_param_groups(self.splats, cfg.lr, e)
+        groups = splat_param_groups(self.splats, cfg.gaussians.lr, e)
         groups["hexplane_grid"] = ParamGroup(list(self.field.parameters()), cfg.grid_lr * e, cfg.grid_lr_final * e,
                                              delay_steps=cfg.warmup_steps)
         groups["hexplane_mlp"] = ParamGroup(nets, cfg.net_lr * e, cfg.net_lr_final * e, delay_steps=cfg.warmup_steps)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 
 from ..gaussians import GaussianSet, init_splats
 from .base import ParamGroup, SceneInit
-from .static import GaussianLR, splat_param_groups
+from .base import CanonicalConfig, splat_param_groups
 
 __all__ = ["KeyframeConfig", "KeyframeGaussians", "hermite", "slerp", "catmull_rom_tangent"]
 
@@ -101,12 +102,9 @@ def _split_children(parents: dict[str, Tensor], children: dict[str, Tensor]) -> 
 class KeyframeConfig:
     """Ex4DGS. Defaults sized for a CPU."""
 
-    # Highest SH degree (0-3).
-    sh_degree: int = 3
-    # Opacity of the initial Gaussians.
-    init_opacity: float = 0.1
-    # Subsample the initial point cloud to at most this many points.
-    max_init_points: int = 10_000
+    name: ClassVar[str] = "keyframe"
+    # The canonical Gaussians: SH degree, initial opacity and points, learning rates.
+    gaussians: CanonicalConfig = field(default_factory=lambda: CanonicalConfig(max_init_points=10_000))
     # Keyframes at the start (over the whole time span, ends included).
     initial_keyframes: int = 3
     # Times the keyframe interval is halved during training (finest: (initial - 1) * 2^levels + 1 keyframes).
@@ -123,8 +121,6 @@ class KeyframeConfig:
     convert_threshold: float = 0.002
     # Convert at most this fraction of the static Gaussians at once (the fastest first).
     convert_max_fraction: float = 0.2
-    # Learning rates of the canonical Gaussian parameters.
-    lr: GaussianLR = field(default_factory=GaussianLR)
     # Learning rate of the static velocities (times the scene extent).
     velocity_lr: float = 1.6e-4
     # Learning rates of the keyframe positions (times the scene extent; decays like means) and rotations.
@@ -154,8 +150,8 @@ class KeyframeGaussians(nn.Module):
         if self.t1 <= self.t0:
             self.t1 = self.t0 + 1.0
         self.num_keyframes = (c.initial_keyframes - 1) * 2**c.keyframe_levels + 1
-        self.splats = init_splats(init.points, init.colors, sh_degree=c.sh_degree, init_opacity=c.init_opacity,
-                                  max_points=c.max_init_points)
+        self.splats = init_splats(init.points, init.colors, sh_degree=c.gaussians.sh_degree, init_opacity=c.gaussians.init_opacity,
+                                  max_points=c.gaussians.max_init_points)
         n, K = self.splats["means"].shape[0], self.num_keyframes
         self.splats["velocity"] = nn.Parameter(torch.zeros(n, 3))
         self.splats["kf_means"] = nn.Parameter(self.splats["means"].detach()[:, None].repeat(1, K, 1))
@@ -163,7 +159,7 @@ class KeyframeGaussians(nn.Module):
         self.splats["dynamic"] = nn.Parameter(torch.zeros(n), requires_grad=False)
         self.splats.split_hook = _split_children
         self.extent = float(init.extent)
-        self.max_sh_degree = c.sh_degree
+        self.max_sh_degree = c.gaussians.sh_degree
         self.sh_degree = 0
         # Subdivisions done so far (a buffer: a loaded checkpoint interpolates at its level).
         self.register_buffer("level", torch.zeros((), dtype=torch.long))
@@ -245,7 +241,7 @@ class KeyframeGaussians(nn.Module):
 
     def param_groups(self) -> dict[str, ParamGroup]:
         c = self.config
-        groups = splat_param_groups(self.splats, c.lr, self.extent)
+        groups = splat_param_groups(self.splats, c.gaussians.lr, self.extent)
         groups["velocity"] = ParamGroup([self.splats["velocity"]], c.velocity_lr * self.extent)
         groups["kf_means"] = ParamGroup([self.splats["kf_means"]], c.kf_means_lr * self.extent,
                                         c.kf_means_lr_final * self.extent)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 from functools import partial
 
 import torch
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 
 from ..gaussians import GaussianSet, init_splats
 from .base import ParamGroup, SceneInit
-from .static import GaussianLR, splat_param_groups
+from .base import CanonicalConfig, splat_param_groups
 
 __all__ = ["SpacetimeConfig", "SpacetimeGaussians", "temporal_opacity_logits", "recenter_polynomial"]
 
@@ -122,12 +123,9 @@ class SpacetimeLR:
 class SpacetimeConfig:
     """Spacetime Gaussians (SH colour). Defaults sized for a CPU."""
 
-    # Highest SH degree (0-3).
-    sh_degree: int = 3
-    # Opacity of the initial Gaussians.
-    init_opacity: float = 0.1
-    # At most this many initial Gaussians in all (over the time copies).
-    max_init_points: int = 12_000
+    name: ClassVar[str] = "spacetime"
+    # The canonical Gaussians: SH degree, initial opacity and points, learning rates (max_init_points counts all time copies together).
+    gaussians: CanonicalConfig = field(default_factory=lambda: CanonicalConfig(max_init_points=12_000))
     # Copies of the initial point cloud, with temporal centres at the copies' quantiles of the training times.
     init_time_copies: int = 4
     # Initial temporal scale s (normalised time); None: 1 / init_time_copies, so neighbouring copies overlap.
@@ -135,8 +133,6 @@ class SpacetimeConfig:
     # A split child draws its temporal centre uniformly over the time span (the reference code)
     # instead of from its parent's temporal Gaussian.
     split_time_uniform: bool = False
-    # Learning rates of the canonical Gaussian parameters.
-    lr: GaussianLR = field(default_factory=GaussianLR)
     # Learning rates of the temporal parameters.
     temporal_lr: SpacetimeLR = field(default_factory=SpacetimeLR)
 
@@ -160,7 +156,7 @@ class SpacetimeGaussians(nn.Module):
         t0, t1 = float(times.min()), float(times.max())
         copies = max(1, c.init_time_copies)
         points, colors = init.points.float(), init.colors.float()
-        per_copy = max(1, c.max_init_points // copies)
+        per_copy = max(1, c.gaussians.max_init_points // copies)
         pts, cols, centers = [], [], []
         qs = (torch.arange(copies, dtype=torch.float32) + 0.5) / copies
         for center in torch.quantile(times, qs).tolist():
@@ -169,7 +165,7 @@ class SpacetimeGaussians(nn.Module):
             pts.append(points[idx])
             cols.append(colors[idx])
             centers.append(torch.full((len(idx),), center))
-        self.splats = init_splats(torch.cat(pts), torch.cat(cols), sh_degree=c.sh_degree, init_opacity=c.init_opacity)
+        self.splats = init_splats(torch.cat(pts), torch.cat(cols), sh_degree=c.gaussians.sh_degree, init_opacity=c.gaussians.init_opacity)
         n = self.splats["means"].shape[0]
         scale = c.init_time_scale if c.init_time_scale is not None else 1.0 / copies
         self.splats["motion"] = nn.Parameter(torch.zeros(n, 9))
@@ -179,7 +175,7 @@ class SpacetimeGaussians(nn.Module):
         self.splats.split_hook = partial(_split_children, uniform=c.split_time_uniform, t0=t0, t1=t1)
         self.splats.max_opacity = partial(_max_opacity, t0=t0, t1=t1)
         self.extent = float(init.extent)
-        self.max_sh_degree = c.sh_degree
+        self.max_sh_degree = c.gaussians.sh_degree
         self.sh_degree = 0
 
     def gaussians_at(self, t: float) -> GaussianSet:
@@ -195,7 +191,7 @@ class SpacetimeGaussians(nn.Module):
 
     def param_groups(self) -> dict[str, ParamGroup]:
         c = self.config
-        groups = splat_param_groups(self.splats, c.lr, self.extent)
+        groups = splat_param_groups(self.splats, c.gaussians.lr, self.extent)
         lr = c.temporal_lr
         groups["motion"] = ParamGroup([self.splats["motion"]], lr.motion * self.extent)
         groups["omega"] = ParamGroup([self.splats["omega"]], lr.omega)

@@ -1,6 +1,6 @@
 """The router ablation: the five router variants trained the same way on one scene, one table.
 
-Every variant goes through :func:`~moegs.moe.train.train_mixture` with the same
+Every variant goes through :func:`~moegs.moe.run.train_mixture` with the same
 experts, steps and seed; only ``MoEConfig.router`` differs (the uniform average
 has nothing to train and runs zero steps; stage 3 is off so that the experts are
 identical across rows).
@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ..data import Scene, load_scene
 from .router import ROUTERS
-from .train import MoEConfig, train_mixture
+from .config import MoEConfig
+from .run import train_mixture
 
 __all__ = ["DESCRIPTIONS", "run_ablation", "format_table"]
 

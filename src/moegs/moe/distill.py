@@ -18,7 +18,7 @@ from ..data import ArrayImage, FrameCache, Scene, View
 from ..eval import evaluate_expert
 from ..experts import build_expert
 from ..train.config import TrainConfig
-from ..train.run import expert_config, scene_init
+from ..train.run import scene_init
 from ..train.trainer import Trainer
 from .mixture import Mixture
 
@@ -48,10 +48,11 @@ def distill(mixture: Mixture, student_name: str, scene: Scene, steps: int, confi
         ``(student, result)``; ``result`` holds the student's test metrics against the real images
         (``psnr``, ``ssim``, ``lpips``, ``render_fps``, ``num_gaussians``, ...) and ``train_time_s``.
     """
-    cfg = dataclasses.replace(config or TrainConfig(eval_at_end=False), expert=student_name, steps=steps)
+    cfg = config or TrainConfig(eval_at_end=False)
+    cfg = dataclasses.replace(cfg, expert=cfg.expert if cfg.expert.name == student_name else student_name, steps=steps)
     teacher = teacher_scene(mixture, scene)
     torch.manual_seed(cfg.seed)
-    student = build_expert(student_name, scene_init(scene), expert_config(student_name, cfg.expert_options))
+    student = build_expert(cfg.expert, scene_init(scene))
     if run_dir is not None:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(student, teacher, cfg, run_dir)

@@ -55,10 +55,6 @@ class Gate(Protocol):
     def __call__(self, gaussians: GaussianSet, t: float) -> Tensor:
         """``[N]`` gate values in ``(0, 1)`` of the expert's Gaussians ``gaussians`` at time ``t``."""
 
-    def max_over_time(self, expert: nn.Module, times: list[float]) -> Tensor:
-        """``[N]`` the largest gate value of each Gaussian over ``t`` in ``[0, 1]`` (or over ``times``
-        where there is no closed form)."""
-
     def param_groups(self, prefix: str, lr: float, lr_net: float) -> dict[str, ParamGroup]:
         """Optimiser groups keyed ``prefix + name``; per-Gaussian ones use ``lr``, networks ``lr_net``."""
 
@@ -84,11 +80,6 @@ class LinearGate(nn.Module):
 
     def forward(self, gaussians: GaussianSet, t: float) -> Tensor:
         return torch.sigmoid(self.logits(t))
-
-    @torch.no_grad()
-    def max_over_time(self, expert: nn.Module, times: list[float]) -> Tensor:
-        # Linear in t: the maximum over [0, 1] is at an endpoint.
-        return torch.sigmoid(torch.maximum(self.logits(0.0), self.logits(1.0)))
 
     def param_groups(self, prefix: str, lr: float, lr_net: float) -> dict[str, ParamGroup]:
         return {prefix + k: ParamGroup([p], lr) for k, p in self.per_gaussian.items()}
@@ -118,10 +109,6 @@ class MLPGate(nn.Module):
         x = gaussians.means.detach() / self.extent
         enc = time_encoding(float(t), self.time_freqs).to(z).expand(z.shape[0], -1)
         return torch.sigmoid(self.net(torch.cat((x, enc, z), dim=-1))[:, 0])
-
-    @torch.no_grad()
-    def max_over_time(self, expert: nn.Module, times: list[float]) -> Tensor:
-        return torch.stack([self(expert.gaussians_at(t), t) for t in times]).amax(0)
 
     def param_groups(self, prefix: str, lr: float, lr_net: float) -> dict[str, ParamGroup]:
         groups = {prefix + k: ParamGroup([p], lr) for k, p in self.per_gaussian.items()}

@@ -26,10 +26,11 @@ from torch import Tensor
 from ..cameras import Camera
 from ._torch_impl import composite_torch
 from .projection import TILE_SIZE, Projected, bin_gaussians, project_gaussians, quat_to_rotmat
-from .sh import eval_sh, num_sh_bases, rgb_to_sh0, sh0_to_rgb
+from .sh import eval_sh, num_sh_bases, rgb_to_sh0
 
 __all__ = [
     "Backend",
+    "BACKENDS",
     "RenderOutput",
     "rasterize",
     "resolve_backend",
@@ -39,12 +40,11 @@ __all__ = [
     "eval_sh",
     "num_sh_bases",
     "rgb_to_sh0",
-    "sh0_to_rgb",
     "TILE_SIZE",
 ]
 
 Backend = Literal["auto", "cpu", "torch", "cuda"]
-_BACKENDS = ("auto", "cpu", "torch", "cuda")
+BACKENDS: tuple[str, ...] = ("auto", "cpu", "torch", "cuda")
 
 
 @dataclass
@@ -70,8 +70,8 @@ class RenderOutput:
 
 def resolve_backend(backend: Backend, device: torch.device) -> str:
     """The concrete backend ``"auto"`` stands for on ``device``."""
-    if backend not in _BACKENDS:
-        raise ValueError(f"unknown rasterizer backend {backend!r}; choose from {', '.join(_BACKENDS)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown rasterizer backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend != "auto":
         if backend == "cuda" and device.type != "cuda":
             raise ValueError("the cuda backend needs tensors on a CUDA device")

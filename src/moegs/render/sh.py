@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["num_sh_bases", "eval_sh", "rgb_to_sh0", "sh0_to_rgb"]
+__all__ = ["num_sh_bases", "eval_sh", "rgb_to_sh0"]
 
 C0 = 0.28209479177387814
 C1 = 0.4886025119029199
@@ -31,10 +31,6 @@ def num_sh_bases(degree: int) -> int:
 def rgb_to_sh0(rgb: Tensor) -> Tensor:
     """DC coefficient that reproduces colour ``rgb`` (``[..., 3]``)."""
     return (rgb - 0.5) / C0
-
-
-def sh0_to_rgb(sh0: Tensor) -> Tensor:
-    return sh0 * C0 + 0.5
 
 
 def eval_sh(degree: int, coeffs: Tensor, dirs: Tensor) -> Tensor:

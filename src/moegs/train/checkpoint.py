@@ -7,36 +7,21 @@ current, densified size) and optionally the trainer's state for resuming.
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .. import io
 from ..errors import CheckpointError
 from ..experts import EXPERTS, SceneInit
+from .config import from_dict, to_dict
 
-__all__ = ["atomic_torch_save", "save_expert", "load_checkpoint", "load_expert", "expert_from_payload",
+__all__ = ["save_expert", "load_checkpoint", "load_expert", "expert_from_payload",
            "FORMAT"]
 
 FORMAT = "moegs-expert/1"
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_expert(path: str | Path, expert: nn.Module, train_config: Any = None, *, scene_meta: dict,
@@ -48,15 +33,15 @@ def save_expert(path: str | Path, expert: nn.Module, train_config: Any = None, *
     payload = {
         "format": FORMAT,
         "expert": expert.name,
-        "expert_config": dataclasses.asdict(expert.config),
-        "train_config": dataclasses.asdict(train_config) if train_config is not None else None,
+        "expert_config": to_dict(expert.config),
+        "train_config": to_dict(train_config) if train_config is not None else None,
         "sh_degree": int(expert.sh_degree),
         "scene_meta": {"extent": float(scene_meta["extent"]), "times": [float(t) for t in scene_meta["times"]],
                        "path": scene_meta.get("path")},
         "model": {k: v.detach().cpu() for k, v in expert.state_dict().items()},
         "trainer": trainer_state,
     }
-    atomic_torch_save(payload, path)
+    io.torch_save(payload, path)
 
 
 def load_checkpoint(path: str | Path, kind: str = FORMAT) -> dict:
@@ -74,12 +59,6 @@ def load_checkpoint(path: str | Path, kind: str = FORMAT) -> dict:
     return payload
 
 
-def _config_from_dict(cls: type, d: dict) -> Any:
-    from .config import from_dict
-
-    return from_dict(cls, d)
-
-
 def _resize_like(module: nn.Module, state: dict) -> None:
     """Give every parameter/buffer of ``module`` the shape it has in ``state`` (densified sizes)."""
     own = dict(module.named_parameters())
@@ -90,13 +69,17 @@ def _resize_like(module: nn.Module, state: dict) -> None:
             t.data = torch.empty(value.shape, dtype=value.dtype, device=t.device)
 
 
-def expert_from_payload(payload: dict, path: str | Path = "<checkpoint>") -> nn.Module:
-    """Rebuild the expert stored in a loaded checkpoint payload."""
+def expert_from_payload(payload: dict, path: str | Path = "<checkpoint>", config: Any = None) -> nn.Module:
+    """Rebuild the expert stored in a loaded checkpoint payload (with ``config`` instead of the stored one,
+    when given: e.g. other learning rates for fine-tuning; its structure must fit the stored weights)."""
     name = payload["expert"]
     if name not in EXPERTS:
         raise CheckpointError(path, f"unknown expert {name!r} (this moegs knows {', '.join(EXPERTS)})")
     config_cls, model_cls = EXPERTS[name]
-    config = _config_from_dict(config_cls, payload["expert_config"])
+    try:
+        config = config if config is not None else from_dict(config_cls, payload["expert_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(path, f"unreadable config of expert {name!r} ({type(e).__name__}: {e})") from None
     model = payload["model"]
     means = model.get("splats.means")
     if means is None:

@@ -23,6 +23,11 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def requested_world_size() -> int:
+    """The world size torchrun asked for (``WORLD_SIZE``; 1 when not launched by it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
@@ -36,7 +41,7 @@ def init_from_env(device: str = "auto") -> torch.device | None:
 
     Returns this rank's device, or ``None`` when not launched distributed.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if requested_world_size() <= 1:
         return None
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if not dist.is_initialized():

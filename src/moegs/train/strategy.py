@@ -112,7 +112,7 @@ class DefaultStrategy:
         dup = high & small
         ops.duplicate(params, optimizers, state, dup)
         n_after_dup = params["means"].shape[0]
-        spl = torch.cat((high & ~small, torch.zeros(n_after_dup - len(high), dtype=torch.bool)))
+        spl = torch.cat((high & ~small, high.new_zeros(n_after_dup - len(high))))
         ops.split(params, optimizers, state, spl)
         return {"cloned": int(dup.sum()), "split": int(spl.sum())}
 

@@ -7,99 +7,32 @@ handles schedules, logging and checkpoints.
 
 from __future__ import annotations
 
-import json
-import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from ..data import Scene, View
-from ..eval.metrics import psnr, ssim
-from ..experts import Expert, ParamGroup
+from ..eval.metrics import psnr
+from ..experts import Expert, render_expert
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import TrainConfig
+from .loop import run_loop
+from .loss import photometric_loss
+from .optim import Optimization
+from .sampler import sample_view
 
-__all__ = ["Optimization", "photometric_loss", "sample_view", "view_order", "Trainer", "resolve_device"]
+__all__ = ["DEVICES", "Trainer", "resolve_device"]
+
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; other names as given."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def photometric_loss(render: Tensor, target: Tensor, ssim_lambda: float) -> Tensor:
-    """``(1 - l) * L1 + l * (1 - SSIM)`` of ``[H, W, 3]`` images (3DGS's loss)."""
-    l1 = F.l1_loss(render, target)
-    if ssim_lambda == 0:
-        return l1
-    return (1.0 - ssim_lambda) * l1 + ssim_lambda * (1.0 - ssim(render, target))
-
-
-def view_order(n: int, seed: int, epoch: int) -> Tensor:
-    """A permutation of ``n`` views for ``epoch``: stateless, so a resumed run draws the same views."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
-def sample_view(views: list[View], seed: int, sample: int) -> View:
-    """The ``sample``-th view drawn: epochs of shuffled ``views``, a new permutation per epoch."""
-    n = len(views)
-    return views[int(view_order(n, seed, sample // n)[sample % n])]
-
-
-class Optimization:
-    """Adam per parameter group with log-linear learning-rate decay (3DGS's schedule).
-
-    Groups keyed like ``expert.splats`` are the ones densification rewrites.
-    """
-
-    def __init__(self, groups: dict[str, ParamGroup], max_steps: int) -> None:
-        self.groups = groups
-        self.max_steps = max(1, max_steps)
-        self.optimizers: dict[str, torch.optim.Optimizer] = {
-            k: torch.optim.Adam([{"params": g.params, "lr": g.lr, "name": k}], eps=1e-15) for k, g in groups.items()
-        }
-
-    def lr_at(self, key: str, step: int) -> float:
-        g = self.groups[key]
-        if g.lr_final is None or step < g.delay_steps:
-            return g.lr
-        t = min(1.0, (step - g.delay_steps) / max(1, self.max_steps - g.delay_steps))
-        return math.exp((1 - t) * math.log(g.lr) + t * math.log(g.lr_final))
-
-    def set_step(self, step: int) -> None:
-        for k, opt in self.optimizers.items():
-            for pg in opt.param_groups:
-                pg["lr"] = self.lr_at(k, step)
-
-    def zero_grad(self) -> None:
-        for opt in self.optimizers.values():
-            opt.zero_grad(set_to_none=True)
-
-    def step(self) -> None:
-        for opt in self.optimizers.values():
-            opt.step()
-
-    def state_dict(self) -> dict:
-        return {k: o.state_dict() for k, o in self.optimizers.items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, o in self.optimizers.items():
-            o.load_state_dict(state[k])
-
-
-@dataclass
-class StepResult:
-    loss: float
-    psnr: float
-    extra: dict = field(default_factory=dict)
 
 
 class Trainer:
@@ -131,7 +64,7 @@ class Trainer:
         return sample_view(self.scene.train_views, self.cfg.seed, step * dist.world_size() + dist.rank())
 
     # --------------------------------------------------------------- steps
-    def train_step(self) -> StepResult:
+    def train_step(self) -> dict[str, float]:
         step = self.step
         expert = self.expert
         expert.on_step(step)
@@ -141,7 +74,7 @@ class Trainer:
         camera = view.camera.to(self.device)
         target = self.scene.image(view).to(self.device)
 
-        out = expert.gaussians_at(view.time).render(camera, background=self.background, backend=self.cfg.backend)
+        out = render_expert(expert, camera, view.time, background=self.background, backend=self.cfg.backend)
         loss = photometric_loss(out.color, target, self.cfg.ssim_lambda)
         regs = expert.regularization(step)
         for v in regs.values():
@@ -154,45 +87,16 @@ class Trainer:
         self.opt.step()
         self.opt.zero_grad()
         self.step += 1
-        extra = {k: v.item() for k, v in regs.items()}
-        extra.update(report)
-        return StepResult(loss=loss.item(), psnr=psnr(out.color, target), extra=extra)
+        return {"loss": loss.item(), "psnr": psnr(out.color, target), **{k: v.item() for k, v in regs.items()},
+                **report}
 
     # ----------------------------------------------------------- the loop
     def train(self, progress: bool = True, on_log: Any = None) -> list[dict]:
         """Run until ``config.steps``; returns the logged records (also appended to metrics.jsonl)."""
-        from tqdm.auto import tqdm
-
-        records: list[dict] = []
-        bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not (progress and dist.is_main()), desc=f"train {self.expert.name}",
-                   dynamic_ncols=True)
-        window: list[StepResult] = []
-        while self.step < self.cfg.steps:
-            t0 = time.perf_counter()
-            res = self.train_step()
-            self.elapsed += time.perf_counter() - t0
-            window.append(res)
-            bar.update(1)
-            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                rec = {"step": self.step, "loss": sum(r.loss for r in window) / len(window),
-                       "psnr": sum(r.psnr for r in window) / len(window),
-                       "num_gaussians": int(self.expert.splats["means"].shape[0]),
-                       "elapsed_s": round(self.elapsed, 3)}
-                rec.update(res.extra)
-                window = []
-                records.append(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", psnr=f"{rec['psnr']:.2f}", n=rec["num_gaussians"])
-                if self.run_dir is not None and dist.is_main():
-                    with open(self.run_dir / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(rec) + "\n")
-                if on_log is not None:
-                    on_log(rec)
-            if self.run_dir is not None and dist.is_main() and (
-                self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps
-            ):
-                self.save_checkpoint()
-        bar.close()
-        return records
+        return run_loop(self, self.cfg.steps, run_dir=self.run_dir, log_every=self.cfg.log_every,
+                        checkpoint_every=self.cfg.checkpoint_every, desc=f"train {self.expert.name}",
+                        progress=progress, on_log=on_log,
+                        log_fields=lambda: {"num_gaussians": int(self.expert.splats["means"].shape[0])})
 
     # -------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:

@@ -1,0 +1,86 @@
+"""Configuration of a mixture run (stages 2 and 3): one dataclass used by the CLI and by Python."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..data.config import DataConfig
+from ..errors import ConfigError
+from ..experts import ExpertConfig
+from .gates import GateKind
+from .router import ROUTERS, RouterKind
+
+__all__ = ["MoEConfig"]
+
+
+@dataclass
+class MoEConfig:
+    """A mixture of experts trained on one scene (stages 2 and 3)."""
+
+    # Router variant: uniform, image, pixel_rgb, gates or full (see moegs.moe.router).
+    router: RouterKind = "full"
+    # Gaussian gate: linear (static logit + linear-in-time term) or mlp (network of position, time, features).
+    gate: GateKind = "linear"
+    # How the scene is read.
+    data: DataConfig = field(default_factory=DataConfig)
+    # Stage 2 steps (experts frozen; one view per step).
+    steps: int = 1500
+    # Stage 3 steps (joint fine-tuning of experts and router); 0 skips stage 3.
+    joint_steps: int = 0
+    # Learning rate of the router (decoder or image logits), decaying log-linearly to lr_router_final.
+    lr_router: float = 2e-3
+    lr_router_final: float | None = 2e-4
+    # Learning rate of the per-Gaussian gate parameters.
+    lr_gates: float = 0.05
+    # Learning rate of the mlp gate's network.
+    lr_gate_net: float = 1e-3
+    # Stage 3: the experts' own learning rates are multiplied by this.
+    joint_lr_scale: float = 0.1
+    # Stage 3: weight of the per-expert reconstruction term sum_k mean(w_k * |I_k - I_gt|) (w_k detached).
+    expert_loss_weight: float = 0.1
+    # Softmax temperature over experts; annealed log-linearly to temperature_final over stage 2 when set.
+    temperature: float = 1.0
+    temperature_final: float | None = None
+    # Initial weight of the expert with the lowest training loss (<= 1/K: start uniform).
+    prior_weight: float = 0.6
+    # Training views (evenly spaced) on which the experts are compared for that prior.
+    prior_views: int = 8
+    # Weight of the load-balancing loss KL(mean usage || uniform); 0 disables.
+    balance_weight: float = 0.0
+    # Weight of the D-SSIM term: loss = (1 - l) * L1 + l * (1 - SSIM).
+    ssim_lambda: float = 0.2
+    # Pixel decoder: hidden width and number of hidden 1x1 layers.
+    hidden: int = 32
+    layers: int = 2
+    # Fourier frequencies of the time encoding (decoder and mlp gate).
+    time_freqs: int = 2
+    # mlp gate: per-Gaussian feature size and hidden width.
+    gate_feature_dim: int = 8
+    gate_hidden: int = 32
+    # Write a checkpoint every this many steps (and at the end).
+    checkpoint_every: int = 500
+    # Log training metrics every this many steps.
+    log_every: int = 25
+    # The experts' configs by name, from their checkpoints; ``--set experts.<name>.<field>=v`` changes one
+    # for stage 3 (e.g. its learning rates; its structure must fit the checkpoint's weights).
+    experts: dict[str, ExpertConfig] = field(default_factory=dict)
+    # Random seed (view order, gate network initialisation).
+    seed: int = 0
+    # Rasterizer backend: auto, cpu, torch or cuda.
+    backend: str = "auto"
+    # Device: auto (cuda if available), cpu or cuda.
+    device: str = "auto"
+    # Evaluate the mixture (and, with eval_experts, each expert alone) on the test views at the end.
+    eval_at_end: bool = True
+    eval_experts: bool = True
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` on values no run can use."""
+        if self.router not in ROUTERS:
+            raise ConfigError(f"unknown router {self.router!r}; choose from {', '.join(ROUTERS)}")
+        if self.gate not in ("linear", "mlp"):
+            raise ConfigError(f"unknown gate {self.gate!r}; choose from linear, mlp")
+        if self.steps < 0 or self.joint_steps < 0:
+            raise ConfigError("steps and joint_steps must be >= 0")
+        if self.temperature <= 0 or (self.temperature_final is not None and self.temperature_final <= 0):
+            raise ConfigError("temperatures must be positive")
