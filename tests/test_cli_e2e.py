@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import av
+import numpy as np
 import pytest
 
 from moegs.cli.main import main
@@ -18,6 +19,12 @@ def tiny(tmp_path_factory):
     return generate_scene(tmp_path_factory.mktemp("scene") / "tiny", TINY)
 
 
+def _png(path):
+    from PIL import Image
+
+    return np.asarray(Image.open(path), dtype=np.float64) / 255.0
+
+
 def _ok(argv):
     assert main(argv) == 0, argv
 
@@ -28,12 +35,19 @@ def test_train_eval_render_and_mixture(tiny, tmp_path):
     _ok(["train", str(tiny), "--expert", "spacetime", "--out", str(tmp_path / "b"), *common])
     for run in ("a", "b"):
         summary = json.loads((tmp_path / run / "summary.json").read_text())
-        assert summary["steps"] == 6 and summary["test_psnr"] > 5
+        # The reported test PSNR is the one of the renders written next to their ground truth.
+        renders = sorted((tmp_path / run / "renders" / "test").glob("*[0-9].png"))
+        assert len(renders) == 3
+        psnrs = [10 * np.log10(1 / np.mean((_png(r) - _png(r.with_name(r.stem + "_gt.png"))) ** 2)) for r in renders]
+        assert np.mean(psnrs) == pytest.approx(summary["test_psnr"], abs=0.1)  # 8-bit rounding of the PNGs
         assert {"config.json", "metrics.jsonl", "summary.json", "eval.json"} <= {p.name for p in (tmp_path / run).iterdir()}
     # Resuming a finished run changes nothing; a longer budget continues from the last checkpoint.
     _ok(["train", str(tiny), "--expert", "static", "--out", str(tmp_path / "a"), "--resume", "--downscale", "1",
          "--steps", "9", "--quiet"])
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["steps"] == 9
+    # metrics.jsonl reads as one run: the records of the resumed part follow the first part's.
+    steps = [json.loads(line)["step"] for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 9
     _ok(["eval", str(tmp_path / "a")])
     assert json.loads((tmp_path / "a" / "eval" / "eval.json").read_text())["num_views"] == 3
     _ok(["render", str(tmp_path / "b"), "--out", str(tmp_path / "b.mp4"), "--frames", "4"])

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 from conftest import data_path, random_init, small_camera as camera
 
 from moegs.data import DataConfig, load_scene
 from moegs.experts import EXPERTS, CanonicalConfig, Expert, SceneInit
-from moegs.experts.deformable import DeformableConfig, DeformableGaussians, positional_encoding
+from moegs.encoding import fourier_features, time_features
+from moegs.experts.deformable import DeformableConfig, DeformableGaussians
 from moegs.train import ops
 from moegs.train.checkpoint import load_expert, save_expert
 from moegs.train.config import TrainConfig
@@ -45,14 +47,17 @@ def test_registered_and_protocol():
                                                                                                          3000)
 
 
-def test_positional_encoding_by_hand():
+def test_fourier_features_by_hand():
     x = torch.tensor([[0.5, -1.0]])
-    enc = positional_encoding(x, 2)
+    enc = fourier_features(x, 2)
     want = [0.5, -1.0, math.sin(0.5), math.sin(-1.0), math.cos(0.5), math.cos(-1.0),
             math.sin(1.0), math.sin(-2.0), math.cos(1.0), math.cos(-2.0)]
     assert enc.shape == (1, 10)
     assert torch.allclose(enc[0], torch.tensor(want), atol=1e-6)
-    assert torch.equal(positional_encoding(x, 0), x)
+    assert torch.equal(fourier_features(x, 0), x)
+    t = 0.3
+    want_t = [t, math.sin(math.pi * t), math.cos(math.pi * t), math.sin(2 * math.pi * t), math.cos(2 * math.pi * t)]
+    assert torch.allclose(time_features(t, 2), torch.tensor(want_t), atol=1e-6)
 
 
 def test_warmup_then_deformation_changes_with_time():
@@ -139,6 +144,7 @@ def test_checkpoint_round_trip_renders_identically(tmp_path):
         assert torch.equal(a, b), t
 
 
+@pytest.mark.slow
 def test_short_training_on_dnerf_mutant(tmp_path):
     """400 steps at 100x100 from 4k random points (200 warm-up steps).
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import data_path, random_init
 
 from moegs.cameras import Camera, look_at
 from moegs.data import DataConfig, load_scene
 from moegs.experts import EXPERTS, CanonicalConfig, Expert, SceneInit
-from moegs.experts.embedding import EmbeddingConfig, EmbeddingGaussians, interp1d, knn_indices
+from moegs.experts.embedding import EmbeddingConfig, EmbeddingGaussians, interp1d
+from moegs.gaussians import knn
 from moegs.train import ops
 from moegs.train.checkpoint import load_expert, save_expert
 from moegs.train.config import TrainConfig
@@ -53,7 +55,7 @@ def test_interp1d_and_knn():
     assert torch.allclose(out, torch.tensor([[0.0, 1.0], [0.0, 1.0], [0.5, 1.0], [2.5, -0.5], [4.0, -2.0],
                                              [4.0, -2.0]]))
     pts = torch.tensor([[0.0, 0, 0], [1.0, 0, 0], [3.0, 0, 0], [3.5, 0, 0]])
-    idx, d2 = knn_indices(pts, 2)
+    idx, d2 = knn(pts, 2)
     assert idx[:, 0].tolist() == [1, 0, 3, 2]
     assert torch.allclose(d2[:, 0], torch.tensor([1.0, 1.0, 0.25, 0.25]))
 
@@ -210,6 +212,7 @@ def test_checkpoint_round_trip_renders_identically(tmp_path):
             assert torch.equal(a.render(cam, backend="torch").color, b.render(cam, backend="torch").color)
 
 
+@pytest.mark.slow
 def test_trains_on_dnerf_mutant(tmp_path):
     scene = load_scene(data_path("dnerf_mutant"), DataConfig(downscale=8))  # 100x100, 150 train / 20 test views
     steps = 300

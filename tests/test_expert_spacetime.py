@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 from conftest import data_path, random_init, small_camera as camera
 
@@ -175,6 +176,7 @@ def test_checkpoint_round_trip_renders_identically(tmp_path):
     assert callable(loaded.splats.split_hook) and callable(loaded.splats.max_opacity)
 
 
+@pytest.mark.slow
 def test_short_training_on_dnerf_mutant(tmp_path):
     """400 steps at 100x100 from 4 x 1k random points.
 

@@ -67,10 +67,15 @@ def test_lr_schedule_is_log_linear():
 def test_densification_grows_and_prunes(toy_scene, tmp_path):
     cfg = _cfg(20)
     cfg.strategy.grow_grad2d = 1e-5
+    cfg.strategy.prune_opa = 0.1  # the initial opacity: Gaussians whose opacity fell are pruned
     cfg.strategy.reset_every = 0
     train_expert(toy_scene, cfg, tmp_path / "r", progress=False)
     recs = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert recs[-1]["num_gaussians"] > recs[0]["num_gaussians"]
+    # Refinement runs at steps 10 and 15, one per 5-step log window, so each record's counts are exact.
+    total = {k: sum(r.get(k, 0) for r in recs) for k in ("cloned", "split", "pruned")}
+    assert total["cloned"] + total["split"] > 0 and total["pruned"] > 0, total
+    # The count follows the bookkeeping: +1 per clone, +1 per split (two children replace one), -1 per prune.
+    assert recs[-1]["num_gaussians"] == recs[0]["num_gaussians"] + total["cloned"] + total["split"] - total["pruned"]
 
 
 @pytest.mark.slow

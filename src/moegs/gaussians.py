@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .cameras import Camera
 from .render import Backend, RenderOutput, num_sh_bases, rasterize, rgb_to_sh0
 
-__all__ = ["GaussianSet", "init_splats", "knn_mean_distance", "concat_sets"]
+__all__ = ["GaussianSet", "init_splats", "knn", "knn_mean_distance", "concat_sets"]
 
 
 @dataclass
@@ -72,18 +72,31 @@ def concat_sets(sets: list[GaussianSet]) -> GaussianSet:
 
 
 @torch.no_grad()
-def knn_mean_distance(points: Tensor, k: int = 3, chunk: int = 4096) -> Tensor:
-    """``[M]`` mean distance of each point to its ``k`` nearest neighbours (chunked, exact)."""
+def knn(points: Tensor, k: int, chunk: int = 2048) -> tuple[Tensor, Tensor]:
+    """The ``k`` nearest other points of each of ``points`` ``[M, 3]`` (exact, chunked ``cdist``).
+
+    Returns:
+        indices ``[M, k']`` and squared distances ``[M, k']``, nearest first, ``k' = min(k, M - 1)``.
+    """
     M = points.shape[0]
-    if M <= 1:
-        return points.new_ones(M)
     k = min(k, M - 1)
-    out = []
-    for i in range(0, M, chunk):
-        d = torch.cdist(points[i : i + chunk], points)
-        d[torch.arange(d.shape[0]), torch.arange(i, i + d.shape[0])] = float("inf")
-        out.append(d.topk(k, largest=False).values.mean(-1))
-    return torch.cat(out)
+    idx, d2 = [], []
+    for s in range(0, M, chunk):
+        d = torch.cdist(points[s : s + chunk], points).square_()
+        rows = torch.arange(d.shape[0], device=points.device)
+        d[rows, rows + s] = float("inf")
+        v, i = d.topk(k, largest=False)
+        idx.append(i)
+        d2.append(v)
+    return torch.cat(idx), torch.cat(d2)
+
+
+@torch.no_grad()
+def knn_mean_distance(points: Tensor, k: int = 3) -> Tensor:
+    """``[M]`` mean distance of each point to its ``k`` nearest neighbours (1 for a single point)."""
+    if points.shape[0] <= 1:
+        return points.new_ones(points.shape[0])
+    return knn(points, k)[1].sqrt().mean(-1)
 
 
 def init_splats(points: Tensor, colors: Tensor, *, sh_degree: int = 3, init_opacity: float = 0.1,

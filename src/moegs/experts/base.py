@@ -12,13 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 from ..cameras import Camera
 from ..gaussians import GaussianSet
 from ..render import Backend, RenderOutput
 
-__all__ = ["CanonicalConfig", "Expert", "GaussianLR", "ParamGroup", "SceneInit", "splat_param_groups"]
+__all__ = ["CanonicalConfig", "Expert", "GaussianLR", "ParamGroup", "SceneInit", "StepClock", "render_expert",
+           "splat_param_groups"]
 
 
 @dataclass
@@ -135,6 +137,29 @@ class Expert(Protocol):
 
     def on_step(self, step: int) -> None:
         """Called before each training step (stage switches, keyframe growth, ...)."""
+
+
+class StepClock(nn.Module):
+    """The training step an expert last saw, kept as a buffer so a reloaded expert is in the same stage.
+
+    Every stage switch and ramp of an expert reads it (a static warm-up, annealing, noise decay), so
+    they follow exact resume and checkpoints without special code.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def set(self, step: int) -> None:
+        self.step.fill_(step)
+
+    def reached(self, steps: int) -> bool:
+        """Whether ``steps`` steps have been done (always true for ``steps <= 0``)."""
+        return int(self.step) >= steps
+
+    def ramp(self, steps: int) -> float:
+        """``min(1, step / steps)``: a linear ramp over ``steps`` steps (1 for ``steps <= 0``)."""
+        return 1.0 if steps <= 0 else min(1.0, int(self.step) / steps)
 
 
 def render_expert(expert: Expert, camera: Camera, t: float | None = None, *, extras: Tensor | None = None,

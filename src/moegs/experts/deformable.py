@@ -36,29 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..encoding import fourier_features
 from ..gaussians import GaussianSet, init_splats
 from .base import ParamGroup, SceneInit
-from .base import CanonicalConfig, splat_param_groups
+from .base import CanonicalConfig, StepClock, splat_param_groups
 
-__all__ = ["DeformableConfig", "DeformableGaussians", "DeformationField", "positional_encoding"]
-
-
-def positional_encoding(x: Tensor, num_freqs: int) -> Tensor:
-    """NeRF's encoding ``[x, sin(2^0 x), cos(2^0 x), ..., sin(2^(L-1) x), cos(2^(L-1) x)]``.
-
-    Args:
-        x: ``[..., D]``.
-        num_freqs: ``L``.
-
-    Returns:
-        ``[..., D * (1 + 2 L)]`` (frequency-major, as the reference code orders it).
-    """
-    if num_freqs == 0:
-        return x
-    freqs = 2.0 ** torch.arange(num_freqs, dtype=x.dtype, device=x.device)  # [L]
-    xf = x[..., None, :] * freqs[:, None]  # [..., L, D]
-    enc = torch.stack((torch.sin(xf), torch.cos(xf)), dim=-2)  # [..., L, 2, D]
-    return torch.cat((x, enc.flatten(-3)), dim=-1)
+__all__ = ["DeformableConfig", "DeformableGaussians", "DeformationField"]
 
 
 @dataclass
@@ -134,8 +117,8 @@ class DeformationField(nn.Module):
         Returns:
             ``(δx [N, 3], δq [N, 4], δs [N, 3])``.
         """
-        x_emb = positional_encoding(x, self.pos_freqs)  # [N, 3(1+2L)]
-        t_emb = positional_encoding(t.reshape(-1, 1), self.time_freqs)  # [1 or N, 1+2Lt]
+        x_emb = fourier_features(x, self.pos_freqs)  # [N, 3(1+2L)]
+        t_emb = fourier_features(t.reshape(-1, 1), self.time_freqs)  # [1 or N, 1+2Lt]
         if self.time_net is not None:
             t_emb = self.time_net(t_emb)
         inp = torch.cat((x_emb, t_emb.expand(x.shape[0], -1)), dim=-1)
@@ -163,20 +146,19 @@ class DeformableGaussians(nn.Module):
         self.frame_interval = 1.0 / max(1, len(init.times))
         self.max_sh_degree = c.gaussians.sh_degree
         self.sh_degree = 0
-        # The training step last seen by on_step (a buffer so a loaded checkpoint knows it is past the warm-up).
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.clock = StepClock()  # the training step last seen by on_step (warm-up, AST decay)
 
     @property
     def deforming(self) -> bool:
         """Whether the deformation field is applied (after the warm-up)."""
-        return int(self.step) >= self.config.warmup_steps
+        return self.clock.reached(self.config.warmup_steps)
 
     def offsets(self, t: float) -> tuple[Tensor, Tensor, Tensor]:
         """``(δx [N, 3], δq [N, 4], δs [N, 3])`` at time ``t`` (with AST noise while training)."""
         means = self.splats["means"]
         tt = means.new_tensor([float(t)])
         if self.config.ast and self.training:
-            beta = self.config.ast_scale * max(0.0, 1.0 - int(self.step) / max(1, self.config.ast_steps))
+            beta = self.config.ast_scale * (1.0 - self.clock.ramp(max(1, self.config.ast_steps)))
             tt = tt + torch.randn_like(tt) * self.frame_interval * beta
         return self.deform(means.detach(), tt)
 
@@ -202,4 +184,4 @@ class DeformableGaussians(nn.Module):
         return {}
 
     def on_step(self, step: int) -> None:
-        self.step.fill_(step)
+        self.clock.set(step)

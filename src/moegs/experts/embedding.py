@@ -39,12 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..gaussians import GaussianSet, init_splats
+from ..gaussians import GaussianSet, init_splats, knn
 from ..render import num_sh_bases
 from .base import ParamGroup, SceneInit
-from .base import CanonicalConfig, splat_param_groups
+from .base import CanonicalConfig, StepClock, splat_param_groups
 
-__all__ = ["Decoder", "EmbeddingConfig", "EmbeddingGaussians", "interp1d", "knn_indices"]
+__all__ = ["Decoder", "EmbeddingConfig", "EmbeddingGaussians", "interp1d"]
 
 
 @dataclass
@@ -108,25 +108,6 @@ def interp1d(x: Tensor, values: Tensor, q: Tensor) -> Tensor:
     return values[i - 1] * (1.0 - w) + values[i] * w
 
 
-@torch.no_grad()
-def knn_indices(points: Tensor, k: int, chunk: int = 2048) -> tuple[Tensor, Tensor]:
-    """The ``k`` nearest other points of each of ``points`` ``[N, 3]``.
-
-    Returns:
-        indices ``[N, k]`` and squared distances ``[N, k]``, nearest first.
-    """
-    n = points.shape[0]
-    k = min(k, n - 1)
-    idx, d2 = [], []
-    for s in range(0, n, chunk):
-        d = torch.cdist(points[s : s + chunk], points).square_()
-        d[torch.arange(d.shape[0]), torch.arange(s, s + d.shape[0])] = float("inf")
-        v, i = d.topk(k, largest=False)
-        idx.append(i)
-        d2.append(v)
-    return torch.cat(idx), torch.cat(d2)
-
-
 class Decoder(nn.Module):
     """``(z_t [Dt], z_g [N, Dg]) -> hidden [N, W]`` then one head per deformed attribute.
 
@@ -159,7 +140,7 @@ class EmbeddingGaussians(nn.Module):
 
     ``splats["embedding"]`` ``[N, Dg]``; ``temporal`` ``[T, Dt]`` one row per frame time;
     buffers ``frame_times`` ``[T]``, ``fine_count`` (control times of the fine embedding) and
-    ``anneal`` (scale of the offsets).
+    ``clock.step`` (the last training step; offsets are scaled by its ramp over ``anneal_steps``).
     """
 
     name = "embedding"
@@ -179,7 +160,7 @@ class EmbeddingGaussians(nn.Module):
         self.temporal = nn.Parameter(torch.randn(len(times), cfg.temporal_embedding_dim) * cfg.temporal_init_std)
         self.num_coarse = max(1, min(cfg.coarse_embeddings, len(times)))
         self.register_buffer("fine_count", torch.tensor(self.num_coarse if cfg.c2f_steps > 0 else len(times)))
-        self.register_buffer("anneal", torch.tensor(0.0 if cfg.anneal_steps > 0 else 1.0))
+        self.clock = StepClock()
         outputs = {"means": 3}
         if cfg.deform_rotation:
             outputs["quats"] = 4
@@ -208,11 +189,12 @@ class EmbeddingGaussians(nn.Module):
         return interp1d(ctrl, interp1d(self.frame_times, self.temporal, ctrl), q)[0]
 
     def deltas(self, t: float) -> dict[str, Tensor]:
-        """Summed coarse + fine offsets at ``t``, each ``[N, D_attr]``, scaled by ``anneal``."""
+        """Summed coarse + fine offsets at ``t``, each ``[N, D_attr]``, scaled by the annealing ramp."""
         z_g = self.splats["embedding"]
         dc = self.coarse(self.temporal_embedding(t, self.num_coarse), z_g)
         df = self.fine(self.temporal_embedding(t, int(self.fine_count)), z_g)
-        return {k: (dc[k] + df[k]) * self.anneal for k in dc}
+        anneal = self.clock.ramp(self.config.anneal_steps)
+        return {k: (dc[k] + df[k]) * anneal for k in dc}
 
     def gaussians_at(self, t: float) -> GaussianSet:
         """The canonical Gaussians plus the decoders' offsets at ``t``."""
@@ -240,7 +222,7 @@ class EmbeddingGaussians(nn.Module):
         means = self.splats["means"].detach()
         n = means.shape[0]
         if self._knn_cache is None or self._knn_cache[0] != n or self._knn_cache[1].device != means.device:
-            idx, d2 = knn_indices(means, self.config.knn)
+            idx, d2 = knn(means, self.config.knn)
             w = torch.exp(-self.config.knn_weight_sharpness * d2 / self.extent**2)
             self._knn_cache = (n, idx, w)
         return self._knn_cache[1], self._knn_cache[2]
@@ -267,5 +249,4 @@ class EmbeddingGaussians(nn.Module):
         if cfg.c2f_steps > 0:
             frac = min(step, cfg.c2f_steps) / cfg.c2f_steps
             self.fine_count.fill_(int(self.num_coarse + (total - self.num_coarse) * frac))
-        if cfg.anneal_steps > 0:
-            self.anneal.fill_(min(1.0, step / cfg.anneal_steps))
+        self.clock.set(step)

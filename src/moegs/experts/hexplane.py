@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ..gaussians import GaussianSet, init_splats
 from .base import ParamGroup, SceneInit
-from .base import CanonicalConfig, splat_param_groups
+from .base import CanonicalConfig, StepClock, splat_param_groups
 
 __all__ = ["HexPlaneConfig", "HexPlaneField", "HexPlaneGaussians", "plane_tv", "plane_time_smoothness"]
 
@@ -154,7 +154,7 @@ class HexPlaneGaussians(nn.Module):
     """Canonical Gaussians deformed by a HexPlane field and MLP heads (4DGaussians).
 
     Buffers: ``aabb`` ``[2, 3]`` (min, max of the initial points; positions are
-    normalised by it), ``deform_active`` (bool scalar; False during the warm-up).
+    normalised by it); ``clock.step`` (the last training step, which ends the warm-up).
     """
 
     name = "hexplane"
@@ -171,7 +171,7 @@ class HexPlaneGaussians(nn.Module):
         lo, hi = means.min(0).values, means.max(0).values
         pad = 1e-3 * (hi - lo).max().clamp_min(1e-6)  # a flat point cloud still gets a valid box
         self.register_buffer("aabb", torch.stack((lo - pad, hi + pad)))
-        self.register_buffer("deform_active", torch.tensor(cfg.warmup_steps <= 0))
+        self.clock = StepClock()
         self.field = HexPlaneField(cfg.feature_dim, tuple(cfg.resolution), tuple(cfg.multires),
                                    cfg.plane_init_low, cfg.plane_init_high)
         layers: list[nn.Module] = [nn.Linear(self.field.out_dim, cfg.net_width)]
@@ -200,7 +200,7 @@ class HexPlaneGaussians(nn.Module):
         """The Gaussians at ``t``: canonical during the warm-up, deformed afterwards."""
         s = self.splats
         means, quats, scales = s["means"], s["quats"], s["scales"]
-        if bool(self.deform_active):
+        if self.deforming:
             d_pos, d_rot, d_scale = self.deltas(t)
             means = means + d_pos
             if d_rot is not None:
@@ -222,7 +222,7 @@ class HexPlaneGaussians(nn.Module):
 
     def regularization(self, step: int) -> dict[str, Tensor]:
         """The paper's grid losses (weighted), in the dynamic stage only."""
-        if not bool(self.deform_active):
+        if not self.deforming:
             return {}
         cfg = self.config
         tv = tsmooth = l1 = 0.0
@@ -239,7 +239,11 @@ class HexPlaneGaussians(nn.Module):
             out["l1_time_planes"] = cfg.l1_time_planes_weight * l1
         return out
 
+    @property
+    def deforming(self) -> bool:
+        """Whether the deformation is applied (after the static warm-up of ``warmup_steps`` steps)."""
+        return self.clock.reached(self.config.warmup_steps)
+
     def on_step(self, step: int) -> None:
-        """Switch from the static warm-up to the dynamic stage at ``warmup_steps``."""
-        self.deform_active.fill_(step >= self.config.warmup_steps)
+        self.clock.set(step)
 

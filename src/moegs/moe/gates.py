@@ -28,25 +28,14 @@ import torch
 from torch import Tensor, nn
 
 from ..experts import ParamGroup
+from ..encoding import time_features
 from ..gaussians import GaussianSet
 
-__all__ = ["Gate", "GateKind", "LinearGate", "MLPGate", "build_gate", "time_encoding"]
+__all__ = ["Gate", "GateKind", "LinearGate", "MLPGate", "build_gate"]
 
 GateKind = Literal["linear", "mlp"]
 
 
-def time_encoding(t: float | Tensor, num_freqs: int) -> Tensor:
-    """``[1 + 2 * num_freqs]`` encoding ``(t, sin(2^j pi t), cos(2^j pi t))`` of a time in ``[0, 1]``
-    (``[..., 1 + 2 * num_freqs]`` for a tensor of times ``[...]``)."""
-    t = torch.as_tensor(t, dtype=torch.float32)
-    feats = [t[..., None]]
-    for j in range(num_freqs):
-        a = (2.0 ** j) * math.pi * t[..., None]
-        feats += [torch.sin(a), torch.cos(a)]
-    return torch.cat(feats, dim=-1)
-
-
-@runtime_checkable
 class Gate(Protocol):
     """Per-Gaussian gate of one expert."""
 
@@ -107,7 +96,7 @@ class MLPGate(nn.Module):
     def forward(self, gaussians: GaussianSet, t: float) -> Tensor:
         z = self.per_gaussian["z"]
         x = gaussians.means.detach() / self.extent
-        enc = time_encoding(float(t), self.time_freqs).to(z).expand(z.shape[0], -1)
+        enc = time_features(float(t), self.time_freqs).to(z).expand(z.shape[0], -1)
         return torch.sigmoid(self.net(torch.cat((x, enc, z), dim=-1))[:, 0])
 
     def param_groups(self, prefix: str, lr: float, lr_net: float) -> dict[str, ParamGroup]:

@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from .gates import time_encoding
+from ..encoding import time_features
 
 __all__ = ["RouterKind", "ROUTERS", "RouterInputs", "Router", "PixelDecoder", "prior_logits"]
 
@@ -143,7 +143,7 @@ class Router(nn.Module):
             raise ValueError(f"the {self.kind!r} router needs gate maps")
         if self.kind == "gates":
             return torch.log(x.gate_maps.clamp_min(0.0) + _EPS)
-        enc = time_encoding(float(x.t), self.time_freqs).to(dev).expand(H, W, -1)
+        enc = time_features(float(x.t), self.time_freqs).to(dev).expand(H, W, -1)
         if self.kind == "pixel_rgb":
             feats = torch.cat((x.expert_colors.permute(1, 2, 0, 3).reshape(H, W, 3 * K), x.rays, enc), dim=-1)
         else:
