@@ -133,18 +133,18 @@ def look_at(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor:
     ``up`` is the world's up direction (default ``+z``); the image's y axis
     points away from it.
     """
-    eye = torch.as_tensor(eye, dtype=torch.float32)
-    target = torch.as_tensor(target, dtype=torch.float32)
-    up = torch.tensor([0.0, 0.0, 1.0]) if up is None else torch.as_tensor(up, dtype=torch.float32)
+    eye = torch.as_tensor(eye, dtype=torch.float32)  # cpu: camera poses are host-side values
+    target = torch.as_tensor(target, dtype=torch.float32, device=eye.device)
+    up = eye.new_tensor([0.0, 0.0, 1.0]) if up is None else torch.as_tensor(up, dtype=torch.float32, device=eye.device)
     z = target - eye
     z = z / z.norm()
     x = torch.linalg.cross(z, up)
     if x.norm() < 1e-8:  # looking along up: pick any perpendicular
-        x = torch.linalg.cross(z, torch.tensor([1.0, 0.0, 0.0]))
+        x = torch.linalg.cross(z, z.new_tensor([1.0, 0.0, 0.0]))
     x = x / x.norm()
     y = torch.linalg.cross(z, x)
     R = torch.stack((x, y, z), dim=0)
-    w2c = torch.eye(4)
+    w2c = torch.eye(4, device=eye.device)
     w2c[:3, :3] = R
     w2c[:3, 3] = -R @ eye
     return w2c

@@ -33,5 +33,5 @@ def fourier_features(x: Tensor, num_freqs: int, scale: float = 1.0) -> Tensor:
 def time_features(t: float | Tensor, num_freqs: int) -> Tensor:
     """``[1 + 2 L]`` features ``(t, sin(2^j pi t), cos(2^j pi t))`` of a time in ``[0, 1]``
     (``[..., 1 + 2 L]`` for a tensor of times ``[...]``; float32 for a Python float)."""
-    t = t if isinstance(t, Tensor) else torch.tensor(float(t))
+    t = t if isinstance(t, Tensor) else torch.tensor(float(t))  # cpu: callers move it with .to(x)
     return fourier_features(t[..., None], num_freqs, math.pi)

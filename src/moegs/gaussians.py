@@ -114,19 +114,20 @@ def init_splats(points: Tensor, colors: Tensor, *, sh_degree: int = 3, init_opac
     if points.shape[0] == 0:
         raise ValueError("cannot initialise Gaussians from an empty point cloud")
     if max_points is not None and points.shape[0] > max_points:
-        idx = torch.randperm(points.shape[0], generator=generator)[:max_points]
+        idx = torch.randperm(points.shape[0], generator=generator)[:max_points]  # cpu: seeded CPU generator
+        idx = idx.to(points.device)
         points, colors = points[idx], colors[idx]
     points, colors = points.float(), colors.float()
     N = points.shape[0]
     dist = knn_mean_distance(points).clamp_min(1e-7)
     K = num_sh_bases(sh_degree)
-    quats = torch.zeros(N, 4)
+    quats = points.new_zeros(N, 4)
     quats[:, 0] = 1.0
     return nn.ParameterDict({
         "means": nn.Parameter(points.clone()),
         "quats": nn.Parameter(quats),
         "scales": nn.Parameter(torch.log(dist * init_scale)[:, None].repeat(1, 3)),
-        "opacities": nn.Parameter(torch.full((N,), math.log(init_opacity / (1 - init_opacity)))),
+        "opacities": nn.Parameter(points.new_full((N,), math.log(init_opacity / (1 - init_opacity)))),
         "sh0": nn.Parameter(rgb_to_sh0(colors)[:, None, :]),
-        "shN": nn.Parameter(torch.zeros(N, K - 1, 3)),
+        "shN": nn.Parameter(points.new_zeros(N, K - 1, 3)),
     })

@@ -20,8 +20,8 @@ __all__ = ["LPIPS", "lpips_weights_path", "load_lpips"]
 
 _CHANNELS = (64, 192, 384, 256, 256)
 # ImageNet-style input scaling of the official implementation (inputs in [-1, 1]).
-_SHIFT = torch.tensor([-0.030, -0.088, -0.188])
-_SCALE = torch.tensor([0.458, 0.448, 0.450])
+_SHIFT = torch.tensor([-0.030, -0.088, -0.188])  # cpu: constants, moved to the input's device at use
+_SCALE = torch.tensor([0.458, 0.448, 0.450])  # cpu: constants, moved to the input's device at use
 
 
 def lpips_weights_path() -> Path:

@@ -148,7 +148,7 @@ class StepClock(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))  # cpu: built with the module, moved by .to(device)
 
     def set(self, step: int) -> None:
         self.step.fill_(step)

@@ -151,15 +151,15 @@ class EmbeddingGaussians(nn.Module):
         self.splats = init_splats(init.points, init.colors, sh_degree=cfg.gaussians.sh_degree, init_opacity=cfg.gaussians.init_opacity,
                                   max_points=cfg.gaussians.max_init_points)
         n = self.splats["means"].shape[0]
-        self.splats["embedding"] = nn.Parameter(torch.zeros(n, cfg.gaussian_embedding_dim))
+        self.splats["embedding"] = nn.Parameter(self.splats["means"].new_zeros(n, cfg.gaussian_embedding_dim))
         self.extent = float(init.extent)
         self.max_sh_degree = cfg.gaussians.sh_degree
         self.sh_degree = 0
-        times = torch.unique(init.times.float()) if init.times.numel() else torch.zeros(1)
+        times = torch.unique(init.times.float()) if init.times.numel() else init.times.new_zeros(1)
         self.register_buffer("frame_times", times)
-        self.temporal = nn.Parameter(torch.randn(len(times), cfg.temporal_embedding_dim) * cfg.temporal_init_std)
+        self.temporal = nn.Parameter(torch.randn(len(times), cfg.temporal_embedding_dim, device=times.device) * cfg.temporal_init_std)
         self.num_coarse = max(1, min(cfg.coarse_embeddings, len(times)))
-        self.register_buffer("fine_count", torch.tensor(self.num_coarse if cfg.c2f_steps > 0 else len(times)))
+        self.register_buffer("fine_count", torch.tensor(self.num_coarse if cfg.c2f_steps > 0 else len(times), device=times.device))
         self.clock = StepClock()
         outputs = {"means": 3}
         if cfg.deform_rotation:

@@ -121,7 +121,7 @@ class HexPlaneField(nn.Module):
             reso = [r * m for r in resolution[:3]] + [resolution[3]]
             planes = nn.ParameterList()
             for i, j in PLANES:
-                p = torch.empty(1, feature_dim, reso[j], reso[i])
+                p = torch.empty(1, feature_dim, reso[j], reso[i])  # cpu: built with the module, moved by .to(device)
                 if j == 3:
                     nn.init.ones_(p)
                 else:

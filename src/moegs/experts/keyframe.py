@@ -153,16 +153,16 @@ class KeyframeGaussians(nn.Module):
         self.splats = init_splats(init.points, init.colors, sh_degree=c.gaussians.sh_degree, init_opacity=c.gaussians.init_opacity,
                                   max_points=c.gaussians.max_init_points)
         n, K = self.splats["means"].shape[0], self.num_keyframes
-        self.splats["velocity"] = nn.Parameter(torch.zeros(n, 3))
+        self.splats["velocity"] = nn.Parameter(self.splats["means"].new_zeros(n, 3))
         self.splats["kf_means"] = nn.Parameter(self.splats["means"].detach()[:, None].repeat(1, K, 1))
         self.splats["kf_quats"] = nn.Parameter(self.splats["quats"].detach()[:, None].repeat(1, K, 1))
-        self.splats["dynamic"] = nn.Parameter(torch.zeros(n), requires_grad=False)
+        self.splats["dynamic"] = nn.Parameter(self.splats["means"].new_zeros(n), requires_grad=False)
         self.splats.split_hook = _split_children
         self.extent = float(init.extent)
         self.max_sh_degree = c.gaussians.sh_degree
         self.sh_degree = 0
         # Subdivisions done so far (a buffer: a loaded checkpoint interpolates at its level).
-        self.register_buffer("level", torch.zeros((), dtype=torch.long))
+        self.register_buffer("level", torch.zeros((), dtype=torch.long, device=self.splats["means"].device))
 
     # ------------------------------------------------------------ keyframes
     def stride(self, level: int | None = None) -> int:
@@ -171,11 +171,11 @@ class KeyframeGaussians(nn.Module):
 
     def active_indices(self, level: int | None = None) -> Tensor:
         """``[Ka]`` indices of the keyframes active at ``level`` (default: the current one)."""
-        return torch.arange(0, self.num_keyframes, self.stride(level))
+        return torch.arange(0, self.num_keyframes, self.stride(level), device=self.level.device)
 
     def keyframe_times(self) -> Tensor:
         """``[K]`` times of all (finest-level) keyframes."""
-        return torch.linspace(self.t0, self.t1, self.num_keyframes)
+        return torch.linspace(self.t0, self.t1, self.num_keyframes, device=self.level.device)
 
     def interpolate(self, t: float, kf_means: Tensor, kf_quats: Tensor, level: int | None = None,
                     ) -> tuple[Tensor, Tensor]:

@@ -158,20 +158,21 @@ class SpacetimeGaussians(nn.Module):
         points, colors = init.points.float(), init.colors.float()
         per_copy = max(1, c.gaussians.max_init_points // copies)
         pts, cols, centers = [], [], []
-        qs = (torch.arange(copies, dtype=torch.float32) + 0.5) / copies
+        qs = (torch.arange(copies, dtype=torch.float32, device=times.device) + 0.5) / copies
         for center in torch.quantile(times, qs).tolist():
             m = points.shape[0]
-            idx = torch.randperm(m)[:per_copy] if m > per_copy else torch.arange(m)
+            idx = (torch.randperm(m, device=points.device)[:per_copy] if m > per_copy
+                   else torch.arange(m, device=points.device))
             pts.append(points[idx])
             cols.append(colors[idx])
-            centers.append(torch.full((len(idx),), center))
+            centers.append(points.new_full((len(idx),), center))
         self.splats = init_splats(torch.cat(pts), torch.cat(cols), sh_degree=c.gaussians.sh_degree, init_opacity=c.gaussians.init_opacity)
         n = self.splats["means"].shape[0]
         scale = c.init_time_scale if c.init_time_scale is not None else 1.0 / copies
-        self.splats["motion"] = nn.Parameter(torch.zeros(n, 9))
-        self.splats["omega"] = nn.Parameter(torch.zeros(n, 4))
+        self.splats["motion"] = nn.Parameter(self.splats["means"].new_zeros(n, 9))
+        self.splats["omega"] = nn.Parameter(self.splats["means"].new_zeros(n, 4))
         self.splats["t_center"] = nn.Parameter(torch.cat(centers))
-        self.splats["t_scale"] = nn.Parameter(torch.full((n,), math.log(scale)))
+        self.splats["t_scale"] = nn.Parameter(self.splats["means"].new_full((n,), math.log(scale)))
         self.splats.split_hook = partial(_split_children, uniform=c.split_time_uniform, t0=t0, t1=t1)
         self.splats.max_opacity = partial(_max_opacity, t0=t0, t1=t1)
         self.extent = float(init.extent)

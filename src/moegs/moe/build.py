@@ -66,7 +66,7 @@ def build_mixture(experts: list[nn.Module], scene: Scene, config: MoEConfig,
     gates = None
     if config.router in GATED:
         # "gates" normalises the gate maps directly: its prior is carried by the gates' initial values.
-        p = torch.softmax(prior, 0) if config.router == "gates" else torch.full((K,), 0.5)
+        p = torch.softmax(prior, 0) if config.router == "gates" else prior.new_full((K,), 0.5)
         gates = [build_gate(config.gate, e.splats["means"].shape[0], extent=scene.extent, init=float(p[k]),
                             feature_dim=config.gate_feature_dim, hidden=config.gate_hidden,
                             time_freqs=config.time_freqs) for k, e in enumerate(experts)]

@@ -20,8 +20,8 @@ def evaluate_mixture(mixture: Mixture, scene: Scene, views: list[View] | None = 
     """PSNR/SSIM/LPIPS/FPS of the blended render on ``views`` (default: test views), plus
     ``usage`` ``[K]`` (mean weight per expert) and ``argmax_share`` ``[K]`` (share of pixels each expert wins)."""
     views = scene.test_views if views is None else views
-    usage = torch.zeros(mixture.num_experts)
-    wins = torch.zeros(mixture.num_experts)
+    usage = torch.zeros(mixture.num_experts)  # cpu: host-side statistics of the .cpu() weights
+    wins = torch.zeros(mixture.num_experts)  # cpu: host-side statistics of the .cpu() weights
 
     def render(v: View) -> Tensor:
         out = mixture.render(v)

@@ -59,8 +59,8 @@ class LinearGate(nn.Module):
     def __init__(self, num_gaussians: int, init: float = 0.5) -> None:
         super().__init__()
         self.per_gaussian = nn.ParameterDict({
-            "w": nn.Parameter(torch.full((num_gaussians,), _logit(init))),  # [N]
-            "f": nn.Parameter(torch.zeros(num_gaussians)),  # [N]
+            "w": nn.Parameter(torch.full((num_gaussians,), _logit(init))),  # [N]  # cpu: built with the module, moved by .to(device)
+            "f": nn.Parameter(torch.zeros(num_gaussians)),  # [N]  # cpu: built with the module, moved by .to(device)
         })
 
     def logits(self, t: float) -> Tensor:
@@ -86,7 +86,7 @@ class MLPGate(nn.Module):
         self.extent = float(extent)
         self.time_freqs = time_freqs
         self.per_gaussian = nn.ParameterDict({
-            "z": nn.Parameter(0.1 * torch.randn(num_gaussians, feature_dim)),  # [N, F]
+            "z": nn.Parameter(0.1 * torch.randn(num_gaussians, feature_dim)),  # [N, F]  # cpu: built with the module, moved by .to(device)
         })
         d_in = 3 + 1 + 2 * time_freqs + feature_dim
         self.net = nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, 1))

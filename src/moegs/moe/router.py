@@ -63,7 +63,7 @@ def prior_logits(num_experts: int, favoured: int | None, weight: float) -> Tenso
 
     ``favoured=None`` (or ``weight <= 1/K``) gives zeros, the uniform start.
     """
-    out = torch.zeros(num_experts)
+    out = torch.zeros(num_experts)  # cpu: a prior the Router is built from
     if favoured is None or num_experts < 2 or weight <= 1.0 / num_experts:
         return out
     weight = min(weight, 1.0 - 1e-4)
@@ -85,7 +85,7 @@ class PixelDecoder(nn.Module):
         out = nn.Conv2d(c, num_experts, 1)
         nn.init.zeros_(out.weight)
         with torch.no_grad():
-            out.bias.copy_(bias_init if bias_init is not None else torch.zeros(num_experts))
+            out.bias.copy_(bias_init if bias_init is not None else out.bias.new_zeros(num_experts))
         self.net = nn.Sequential(*mods, out)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -114,12 +114,12 @@ class Router(nn.Module):
         self.kind = kind
         self.num_experts = num_experts
         self.time_freqs = time_freqs
-        self.register_buffer("temperature", torch.tensor(float(temperature)))
-        prior = torch.zeros(num_experts) if prior is None else prior.float()
+        self.register_buffer("temperature", torch.tensor(float(temperature)))  # cpu: built with the module, moved by .to(device)
+        prior = self.temperature.new_zeros(num_experts) if prior is None else prior.float()
         enc = 1 + 2 * time_freqs
         if kind == "image":
             self.static = nn.Parameter(prior.clone())  # [K]
-            self.slope = nn.Parameter(torch.zeros(num_experts))  # [K]
+            self.slope = nn.Parameter(prior.new_zeros(num_experts))  # [K]
         elif kind == "pixel_rgb":
             self.decoder = PixelDecoder(3 * num_experts + 3 + enc, num_experts, hidden, layers, prior)
         elif kind == "full":

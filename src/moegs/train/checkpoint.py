@@ -86,7 +86,7 @@ def expert_from_payload(payload: dict, path: str | Path = "<checkpoint>", config
         raise CheckpointError(path, "checkpoint has no Gaussians (splats.means missing)")
     meta = payload["scene_meta"]
     init = SceneInit(points=means.float(), colors=torch.full_like(means.float(), 0.5), extent=meta["extent"],
-                     times=torch.tensor(meta["times"], dtype=torch.float32))
+                     times=torch.tensor(meta["times"], dtype=torch.float32, device=means.device))
     expert = model_cls(init, config)
     _resize_like(expert, model)
     try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -117,6 +119,6 @@ def remove(params: nn.ParameterDict, optimizers: Optimizers, state: dict, mask: 
 @torch.no_grad()
 def reset_opacity(params: nn.ParameterDict, optimizers: Optimizers, value: float) -> None:
     """Clamp opacities to at most ``value`` (probability) and zero their moments (3DGS's opacity reset)."""
-    logit = float(torch.logit(torch.tensor(value)))
+    logit = math.log(value / (1.0 - value))
     update_params(params, optimizers, lambda _, p: p.clamp_max(logit), lambda _, m: torch.zeros_like(m),
                   names=["opacities"])

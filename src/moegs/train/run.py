@@ -26,7 +26,7 @@ __all__ = ["scene_init", "scene_record", "train_expert"]
 def scene_init(scene: Scene) -> SceneInit:
     """What an expert is built from: the scene's initial points, extent and times."""
     return SceneInit(points=scene.points, colors=scene.point_colors, extent=scene.extent,
-                     times=torch.tensor(scene.times, dtype=torch.float32))
+                     times=torch.tensor(scene.times, dtype=torch.float32, device=scene.points.device))
 
 
 def scene_record(scene: Scene) -> dict:

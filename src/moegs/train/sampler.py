@@ -13,7 +13,7 @@ __all__ = ["view_order", "sample_view"]
 def view_order(n: int, seed: int, epoch: int) -> Tensor:
     """A permutation of ``n`` views for ``epoch`` (depends only on ``seed`` and ``epoch``)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
+    return torch.randperm(n, generator=g)  # cpu: a seeded CPU generator; indices into a Python list
 
 
 def sample_view(views: list[View], seed: int, sample: int) -> View:
