@@ -11,7 +11,7 @@ import torch
 from conftest import data_path, random_init, small_camera as camera
 
 from moegs.data import DataConfig, load_scene
-from moegs.experts import EXPERTS, CanonicalConfig, Expert, SceneInit
+from moegs.experts import CanonicalConfig, SceneInit
 from moegs.encoding import fourier_features, time_features
 from moegs.experts.deformable import DeformableConfig, DeformableGaussians
 from moegs.train import ops
@@ -36,15 +36,6 @@ def randomize_heads(model: DeformableGaussians) -> None:
         for head in (model.deform.warp, model.deform.rotation, model.deform.scaling):
             head.weight.normal_(0, 0.05)
             head.bias.normal_(0, 0.05)
-
-
-def test_registered_and_protocol():
-    assert EXPERTS["deformable"] == (DeformableConfig, DeformableGaussians)
-    model = DeformableGaussians(small_init(), small_config())
-    assert isinstance(model, Expert)
-    paper = DeformableConfig.paper()
-    assert (paper.net_depth, paper.net_width, paper.pos_freqs, paper.time_freqs, paper.warmup_steps) == (8, 256, 10, 6,
-                                                                                                         3000)
 
 
 def test_fourier_features_by_hand():

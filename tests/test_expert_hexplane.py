@@ -11,7 +11,7 @@ from conftest import data_path, random_init
 from moegs.cameras import Camera, look_at
 from moegs.data import DataConfig, load_scene
 from moegs.eval import evaluate_expert
-from moegs.experts import EXPERTS, CanonicalConfig, Expert, SceneInit
+from moegs.experts import CanonicalConfig, SceneInit
 from moegs.experts.hexplane import HexPlaneConfig, HexPlaneField, HexPlaneGaussians, plane_time_smoothness
 from moegs.train import ops
 from moegs.train.checkpoint import load_expert, save_expert
@@ -34,11 +34,6 @@ def small_config(**kw) -> HexPlaneConfig:
 def flat(gs) -> torch.Tensor:
     return torch.cat([gs.means.flatten(), gs.quats.flatten(), gs.log_scales.flatten(),
                       gs.opacity_logits.flatten(), gs.colors.flatten()])
-
-
-def test_registered_and_protocol():
-    assert EXPERTS["hexplane"] == (HexPlaneConfig, HexPlaneGaussians)
-    assert isinstance(HexPlaneGaussians(small_init(), small_config()), Expert)
 
 
 def test_field_shapes_and_time_planes_start_at_one():

@@ -32,3 +32,20 @@ def test_cuda_matches_cpu():
     assert (a.alpha - b.alpha.cpu()).abs().max() < 1e-3
     for ga, gb in zip(outs["cpu"][1], outs["cuda"][1]):
         assert torch.allclose(ga, gb, rtol=1e-2, atol=1e-4)
+
+
+def test_training_with_densification_on_cuda(toy_scene, tmp_path):
+    """A short run on the GPU that clones, splits and prunes (every densification op on device tensors)."""
+    pytest.importorskip("gsplat")
+    from moegs.train import TrainConfig
+    from moegs.train.run import train_expert
+
+    cfg = TrainConfig(expert="static", steps=30, backend="cuda", device="cuda", log_every=5, eval_at_end=False)
+    cfg.strategy.refine_start_iter, cfg.strategy.refine_every, cfg.strategy.grow_grad2d = 5, 5, 1e-6
+    cfg.strategy.prune_opa = 0.1
+    train_expert(toy_scene, cfg, tmp_path, progress=False)
+    import json
+
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("cloned", 0) + r.get("split", 0) for r in recs) > 0
+    assert recs[-1]["loss"] < recs[0]["loss"]

@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = ["LPIPS", "lpips_weights_path", "load_lpips"]

@@ -19,6 +19,6 @@ from .evaluate import evaluate_mixture
 from .run import train_mixture
 from .trainer import MixtureTrainer
 
-__all__ = ["Gate", "LinearGate", "MLPGate", "build_gate", "Mixture", "MixtureOutput", "ROUTERS", "Router",
+__all__ = ["FORMAT", "Gate", "LinearGate", "MLPGate", "build_gate", "Mixture", "MixtureOutput", "ROUTERS", "Router",
            "RouterInputs", "prior_logits", "MixtureTrainer", "MoEConfig", "build_mixture", "evaluate_mixture",
            "expert_meta", "load_mixture", "save_mixture", "train_mixture"]

@@ -22,7 +22,7 @@ Gaussians, so a pixel's gate map is the opacity-weighted gate along its ray.
 from __future__ import annotations
 
 import math
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor, nn
