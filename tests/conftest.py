@@ -85,3 +85,12 @@ def small_camera(t: float = 0.0):
 
     return Camera(look_at(torch.tensor([0.0, -4.0, 0.0]), torch.zeros(3)), fx=40.0, fy=40.0, cx=20.0, cy=16.0,
                   width=40, height=32, time=t)
+
+
+@pytest.fixture(scope="session")
+def toy_scene_dir(tmp_path_factory):
+    """A tiny generated scene on disk in the N3V layout (3 cameras x 3 frames at 32x24), for CLI tests."""
+    from moegs.data.synthetic import SyntheticConfig, generate_scene
+
+    tiny = SyntheticConfig(num_cameras=3, num_frames=3, width=32, height=24, num_points=200)
+    return generate_scene(tmp_path_factory.mktemp("scene") / "tiny", tiny)

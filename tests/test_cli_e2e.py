@@ -9,14 +9,11 @@ import numpy as np
 import pytest
 
 from moegs.cli.main import main
-from moegs.data.synthetic import SyntheticConfig, generate_scene
-
-TINY = SyntheticConfig(num_cameras=3, num_frames=3, width=32, height=24, num_points=200)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return generate_scene(tmp_path_factory.mktemp("scene") / "tiny", TINY)
+@pytest.fixture
+def tiny(toy_scene_dir):
+    return toy_scene_dir
 
 
 def _png(path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Union
 
-from .base import CanonicalConfig, Expert, GaussianLR, ParamGroup, SceneInit, render_expert
+from .base import CanonicalConfig, Expert, GaussianLR, ParamGroup, SceneInit, StepClock, render_expert, splat_param_groups
 from .deformable import DeformableConfig, DeformableGaussians
 from .embedding import EmbeddingConfig, EmbeddingGaussians
 from .hexplane import HexPlaneConfig, HexPlaneGaussians
@@ -17,7 +17,7 @@ from .spacetime import SpacetimeConfig, SpacetimeGaussians
 from .static import StaticConfig, StaticGaussians
 
 __all__ = ["EXPERTS", "CanonicalConfig", "Expert", "ExpertConfig", "GaussianLR", "ParamGroup", "SceneInit", "build_expert",
-           "expert_config", "render_expert"]
+           "expert_config", "render_expert", "splat_param_groups", "StepClock"]
 
 EXPERTS: dict[str, tuple[type, type]] = {
     "static": (StaticConfig, StaticGaussians),

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..data.config import DataConfig
 from ..errors import ConfigError
-from ..experts import ExpertConfig, StaticConfig, expert_config
+from ..experts import EXPERTS, ExpertConfig, StaticConfig, expert_config
 from .strategy import DefaultStrategy
 
 __all__ = ["TrainConfig", "apply_overrides", "to_dict", "from_dict"]
@@ -68,10 +69,13 @@ def to_dict(cfg: Any) -> Any:
 
 
 def _registered(typ: Any) -> dict[str, type] | None:
-    """``name -> class`` when ``typ`` is a union of registered expert configs (or one of them)."""
-    members = typing.get_args(typ) if typing.get_origin(typ) in (typing.Union, getattr(__import__("types"), "UnionType", None)) else (typ,)
-    named = {getattr(m, "name", None): m for m in members if dataclasses.is_dataclass(m)}
-    return named if named and all(isinstance(n, str) for n in named) else None
+    """``name -> config class`` of every registered expert when ``typ`` is an expert config type (the
+    registry is read at call time, so an expert registered later is known too); ``None`` otherwise."""
+    members = typing.get_args(typ) if typing.get_origin(typ) in (typing.Union, types.UnionType) else (typ,)
+    configs = {cfg for cfg, _ in EXPERTS.values()}
+    if not any(m in configs for m in members):
+        return None
+    return {name: cfg for name, (cfg, _) in EXPERTS.items()}
 
 
 def _coerce(value: str, typ: Any) -> Any:
@@ -79,7 +83,7 @@ def _coerce(value: str, typ: Any) -> Any:
     args = [a for a in typing.get_args(typ) if a is not type(None)]
     if value.lower() in ("none", "null") and type(None) in typing.get_args(typ):
         return None
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and args:
+    if origin in (typing.Union, types.UnionType) and args:
         return _coerce(value, args[0])
     if origin is typing.Literal:
         choices = typing.get_args(typ)
