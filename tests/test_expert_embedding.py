@@ -9,13 +9,11 @@ import pytest
 import torch
 from conftest import data_path, random_init
 
-from moegs.cameras import Camera, look_at
 from moegs.data import DataConfig, load_scene
 from moegs.experts import CanonicalConfig, SceneInit
 from moegs.experts.embedding import EmbeddingConfig, EmbeddingGaussians, interp1d
 from moegs.gaussians import knn
 from moegs.train import ops
-from moegs.train.checkpoint import load_expert, save_expert
 from moegs.train.config import TrainConfig
 from moegs.train.run import train_expert
 from moegs.train.strategy import DefaultStrategy
@@ -185,29 +183,6 @@ def test_densification_moves_embeddings_with_their_gaussians():
     reg = model.regularization(0)["embedding_smoothness"]
     reg.backward()
     assert torch.isfinite(reg) and model.splats["embedding"].grad.shape == (294, 8)
-
-
-def test_checkpoint_round_trip_renders_identically(tmp_path):
-    init = small_init()
-    model = EmbeddingGaussians(init, small_config(deform_color=True, temporal_init_std=0.1))
-    with torch.no_grad():
-        model.splats["embedding"].normal_()
-    opt = Optimization(model.param_groups(), max_steps=10)
-    ops.duplicate(model.splats, opt.optimizers, {}, torch.rand(300) < 0.3)
-    model.on_step(4)  # part-way through coarse-to-fine
-    model.sh_degree = 1
-    path = tmp_path / "emb.pt"
-    save_expert(path, model, scene_meta={"extent": init.extent, "times": init.times.tolist()})
-    loaded, payload = load_expert(path)
-    assert payload["expert"] == "embedding" and isinstance(loaded, EmbeddingGaussians)
-    assert int(loaded.fine_count) == int(model.fine_count)
-    cam = Camera(look_at(torch.tensor([0.0, -4.0, 0.0]), torch.zeros(3)), fx=40.0, fy=40.0, cx=20.0, cy=16.0,
-                 width=40, height=32)
-    with torch.no_grad():
-        for t in (0.0, 0.45):
-            a, b = model.gaussians_at(t), loaded.gaussians_at(t)
-            assert torch.equal(flat(a), flat(b))
-            assert torch.equal(a.render(cam, backend="torch").color, b.render(cam, backend="torch").color)
 
 
 @pytest.mark.slow

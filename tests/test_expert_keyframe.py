@@ -14,7 +14,6 @@ from moegs.data import DataConfig, load_scene
 from moegs.experts import CanonicalConfig, SceneInit
 from moegs.experts.keyframe import KeyframeConfig, KeyframeGaussians, hermite, slerp
 from moegs.train import ops
-from moegs.train.checkpoint import load_expert, save_expert
 from moegs.train.config import TrainConfig
 from moegs.train.run import train_expert
 from moegs.train.strategy import DefaultStrategy
@@ -154,25 +153,6 @@ def test_densification_keeps_rows_aligned_and_moves_dynamic_keyframes():
     want = before["kf_means"][ids] + (shift * dyn[:, None])[:, None]
     assert torch.allclose(s["kf_means"].detach(), want, atol=1e-6)
     assert s["dynamic"].requires_grad is False
-
-
-def test_checkpoint_round_trip_renders_identically(tmp_path):
-    model = dynamic_model()
-    with torch.no_grad():
-        model.splats["dynamic"][::3] = 0.0
-        model.splats["velocity"].normal_(0, 0.2)
-    model.on_step(10)
-    opt = Optimization(model.param_groups(), 10)
-    ops.duplicate(model.splats, opt.optimizers, {}, torch.rand(model.splats["means"].shape[0]) < 0.5)
-    model.sh_degree = 1
-    path = tmp_path / "k.pt"
-    save_expert(path, model, scene_meta={"extent": 2.0, "times": TIMES.tolist()})
-    loaded, _ = load_expert(path)
-    assert int(loaded.level) == 1 and loaded.splats["dynamic"].requires_grad is False
-    for t in (0.0, 0.3, 0.5, 1.0):
-        a = model.gaussians_at(t).render(camera(t), backend="torch").color
-        b = loaded.gaussians_at(t).render(camera(t), backend="torch").color
-        assert torch.equal(a, b), t
 
 
 @pytest.mark.slow

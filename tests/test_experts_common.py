@@ -106,6 +106,11 @@ def test_checkpoint_round_trip_renders_identically(name, toy_scene, tmp_path):
     save_expert(path, ex, cfg, scene_meta={"extent": toy_scene.extent, "times": toy_scene.times})
     loaded, payload = load_expert(path)
     assert payload["expert"] == name
+    # Every parameter and buffer comes back (densified sizes, boxes, stage clocks, keyframe levels, ...).
+    a_state, b_state = ex.state_dict(), loaded.state_dict()
+    assert a_state.keys() == b_state.keys()
+    for k in a_state:
+        assert torch.equal(a_state[k], b_state[k]), f"{name}: {k} differs after reload"
     cam = toy_scene.test_views[0].camera
     for t in (0.0, 0.5, 1.0):
         a = ex.gaussians_at(t).render(cam, backend="torch").color
