@@ -61,6 +61,17 @@ def _add_run_flags(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_checkpoint_flags(p: argparse.ArgumentParser, out_help: str) -> None:
+    """Flags of the commands that read a trained checkpoint and its scene."""
+    from ..render import BACKENDS
+
+    p.add_argument("checkpoint", help="checkpoint file or run directory")
+    p.add_argument("--data", help="scene folder (default: the one it was trained on)")
+    p.add_argument("--out", help=out_help)
+    p.add_argument("--backend", choices=BACKENDS, help="rasterizer backend (default: auto)")
+    _add_data_flags(p)
+
+
 def _positive(kind):
     def parse(s: str):
         v = kind(s)
@@ -253,7 +264,6 @@ def _add_pipeline_flags(p: argparse.ArgumentParser, experts: list[str]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from ..experts import EXPERTS
     from ..moe.router import ROUTERS
-    from ..render import BACKENDS
 
     p = argparse.ArgumentParser(prog="moegs", description="Dynamic Gaussian splatting with a mixture of experts.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -270,22 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on the test views")
-    e.add_argument("checkpoint", help="checkpoint file or run directory")
-    e.add_argument("--data", help="scene folder (default: the one it was trained on)")
-    e.add_argument("--out", help="output folder (default: <run>/eval)")
-    e.add_argument("--backend", choices=BACKENDS, help="rasterizer backend (default: auto)")
-    _add_data_flags(e)
+    _add_checkpoint_flags(e, "output folder (default: <run>/eval)")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("render", help="render a video of a test camera over time")
-    r.add_argument("checkpoint", help="checkpoint file or run directory")
-    r.add_argument("--data", help="scene folder (default: the one it was trained on)")
-    r.add_argument("--out", help="output .mp4 (default: <run>/renders/camera<i>.mp4)")
+    _add_checkpoint_flags(r, "output .mp4 (default: <run>/renders/camera<i>.mp4)")
     r.add_argument("--camera", type=int, default=0, help="index among the test cameras")
     r.add_argument("--frames", type=_positive(int), help="number of frames (default: the scene's times)")
     r.add_argument("--fps", type=_positive(float), default=15.0)
-    r.add_argument("--backend", choices=BACKENDS, help="rasterizer backend (default: auto)")
-    _add_data_flags(r)
     r.set_defaults(func=cmd_render)
 
     m = sub.add_parser("train-moe", help="train the mixture router over trained experts")
