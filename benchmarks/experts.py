@@ -6,7 +6,7 @@ skipped), render FPS, number of Gaussians, model size on disk and training time 
 optimisation loop only, excluding loading and evaluation).
 
     python benchmarks/experts.py SCENE [--steps 3000] [--downscale 8] [--experts deformable,spacetime]
-        [--set KEY=VALUE ...] [--out DIR] [--json FILE]
+        [--set KEY=VALUE ...] [--points auto|sfm|random|FILE] [--out DIR] [--json FILE]
 
 ``--set`` takes ``TrainConfig`` overrides (``strategy.refine_every=50``); ``experts.EXPERT.field=value``
 (``experts.deformable.warmup_steps=300``) sets a field of that expert only, as ``moegs pipeline`` does.
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--backend", default="auto", choices=["auto", "cpu", "torch", "cuda"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--points", default="auto",
+                   help="initial points: auto, sfm, random or a point file (DataConfig.points)")
     p.add_argument("--out", help="keep the run directories here (default: a temporary folder)")
     p.add_argument("--json", help="also write the rows as JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -86,13 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in EXPERTS]
     if unknown:
         p.error(f"unknown expert(s) {', '.join(unknown)}; choose from {', '.join(EXPERTS)}")
-    scene = load_scene(args.scene, DataConfig(downscale=args.downscale))
+    scene = load_scene(args.scene, DataConfig(downscale=args.downscale, points=args.points))
     w, h = scene.resolution()
     with tempfile.TemporaryDirectory(prefix="moegs-bench-") as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         rows = [run_one(scene, n, args, out) for n in names]
     header = (f"{scene.name}: {w}x{h}, {args.steps} steps, {len(scene.train_views)} train / "
-              f"{len(scene.test_views)} test views")
+              f"{len(scene.test_views)} test views, {len(scene.points)} initial points "
+              f"({scene.info.get('initial_points') or scene.info.get('points', '?')})")
     print(format_table(rows, header))
     if args.json:
         Path(args.json).write_text(json.dumps({"header": header, "rows": rows}, indent=2))

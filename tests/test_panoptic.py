@@ -46,7 +46,7 @@ def root() -> Path:
 
 @pytest.fixture(scope="module")
 def loaded(root: Path) -> tuple[Scene, list[warnings.WarningMessage]]:
-    return _load(root, DataConfig(num_random_points=20_000))
+    return _load(root, DataConfig(points="random", num_random_points=20_000))
 
 
 @pytest.fixture(scope="module")

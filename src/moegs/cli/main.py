@@ -29,6 +29,8 @@ def _data_config(args: argparse.Namespace):
         cfg.frame_step = args.frame_step
     if getattr(args, "max_frames", None) is not None:
         cfg.max_frames = args.max_frames
+    if getattr(args, "points", None) is not None:
+        cfg.points = args.points
     return cfg
 
 
@@ -39,6 +41,7 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--downscale", type=float, help="image downscale factor (default: the format's own)")
     p.add_argument("--frame-step", type=int, help="keep every k-th frame")
     p.add_argument("--max-frames", type=int, help="keep at most this many frames")
+    p.add_argument("--points", help="initial points: auto (the folder's, else SfM), sfm, random, or a .ply/.npz/COLMAP model")
 
 
 def _set_given(cfg, args: argparse.Namespace, fields: dict[str, str]) -> None:
@@ -137,7 +140,7 @@ def _data_config_from(payload: dict, args: argparse.Namespace):
     d = (payload.get("train_config") or {}).get("data")
     cfg = from_dict(DataConfig, d) if d else DataConfig()
     over = _data_config(args)
-    for k in ("format", "downscale", "frame_step", "max_frames"):
+    for k in ("format", "downscale", "frame_step", "max_frames", "points"):
         v = getattr(args, k, None)
         if v is not None:
             setattr(cfg, k, getattr(over, k))
@@ -316,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path")
     _add_data_flags(i)
     i.set_defaults(func=cmd_inspect)
+
+    from .prepare import add_parser as add_prepare
+
+    add_prepare(sub)
     return p
 
 

@@ -3,13 +3,55 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 
 from .scene import DEFAULT_CACHE_BYTES
 
-__all__ = ["DataConfig"]
+__all__ = ["DataConfig", "SfmOptions", "POINT_SOURCES"]
+
+# What ``DataConfig.points`` may name, besides a file path.
+POINT_SOURCES = ("auto", "sfm", "random")
+
+
+@dataclass
+class SfmOptions:
+    """Structure from motion on the first frame (``moegs.data.sfm``): features, matching, filtering."""
+
+    # Images larger than this (longest side, pixels) are downscaled for feature extraction.
+    max_image_size: int = 1600
+    # SIFT features kept per image.
+    max_features: int = 8192
+    # SIFT detection threshold (COLMAP's default is 0.0067; lower finds more features in soft video frames).
+    peak_threshold: float = 0.002
+    # Known cameras: a match is kept when each keypoint is within this many pixels of the other's
+    # epipolar line (the poses replace RANSAC's two-view geometry).
+    max_epipolar_error: float = 4.0
+    # Known cameras: Lowe's ratio test on SIFT descriptor distances (mutual nearest neighbours only;
+    # looser than COLMAP's 0.8 because the epipolar check follows).
+    max_ratio: float = 0.9
+    # Keep points whose mean reprojection error is at most this (pixels).
+    max_reprojection_error: float = 2.0
+    # Keep points seen by at least this many cameras (2 also keeps two-view points, which are noisier).
+    min_track_length: int = 3
+    # Smallest angle (degrees) between two rays for a point to be triangulated.
+    min_triangulation_angle: float = 1.5
+    # ``moegs prepare``: one focal length for every video (True) or one per video (False).
+    shared_intrinsics: bool = True
+
+    def check(self) -> None:
+        if self.max_image_size < 64 or self.max_features < 64:
+            raise ConfigError(f"sfm.max_image_size and sfm.max_features must be at least 64, got {self.max_image_size}, {self.max_features}")
+        if not (self.max_reprojection_error > 0 and self.max_epipolar_error > 0 and self.min_triangulation_angle >= 0):
+            raise ConfigError("sfm.max_reprojection_error and sfm.max_epipolar_error must be positive, "
+                              "sfm.min_triangulation_angle >= 0")
+        if not self.peak_threshold > 0:
+            raise ConfigError(f"sfm.peak_threshold must be positive, got {self.peak_threshold}")
+        if not 0 < self.max_ratio <= 1:
+            raise ConfigError(f"sfm.max_ratio must be in (0, 1], got {self.max_ratio}")
+        if self.min_track_length < 2:
+            raise ConfigError(f"sfm.min_track_length must be at least 2, got {self.min_track_length}")
 
 
 @dataclass
@@ -31,6 +73,12 @@ class DataConfig:
     white_background: bool | None = None
     # Physical camera ids held out for testing; None: format default (N3V: cam00).
     test_cameras: tuple[int, ...] | None = None
+    # Initial points: "auto" (the folder's own point cloud, else SfM on the first frame of the
+    # training cameras), "sfm" (always SfM), "random" (in the camera frusta) or a file
+    # (.ply, Dynamic3DGS .npz, or a COLMAP model folder) in the scene's world frame.
+    points: str = "auto"
+    # Settings of the SfM run that "auto" and "sfm" make (results cached in the user cache).
+    sfm: SfmOptions = field(default_factory=SfmOptions)
     # Number of random initial points when the data has no point cloud.
     num_random_points: int = 100_000
     # Seed for anything random a loader does (point sampling).
@@ -46,3 +94,6 @@ class DataConfig:
             raise ConfigError(f"max_frames must be at least 1, got {self.max_frames}")
         if self.cache_bytes < 0:
             raise ConfigError(f"cache_bytes must be >= 0, got {self.cache_bytes}")
+        if not self.points:
+            raise ConfigError(f"points must be one of {', '.join(POINT_SOURCES)} or a file, got an empty string")
+        self.sfm.check()

@@ -27,13 +27,15 @@ Frames: ``DataConfig.frame_step`` and ``max_frames`` pick frames ``0, s, 2s,
 the cameras in ``DataConfig.test_cameras`` (default cam00), numbered by their
 file names.
 
-Initial points: a COLMAP model of the first frame when the folder has one
-(``sparse/0``, ``sparse``, ``colmap/sparse/0``), or ``points3D.ply``.
+Initial points (``DataConfig.points``, see :mod:`moegs.data.points`): by default a
+COLMAP model of the first frame when the folder has one (``sparse/0``, ``sparse``,
+``colmap/sparse/0``), or ``points3D.ply``, else SfM on the first frame of the
+training videos.
 A COLMAP model is brought into the poses' frame by the similarity that maps its
 camera centres onto the poses' centres (Umeyama), which is the identity when it
-was made with the poses; ``info["points"]`` records the residual. Otherwise
-``num_random_points`` are sampled uniformly in volume inside the camera frusta
-between the near and far bounds.
+was made with the poses; ``info["points"]`` records the residual. Random points
+(``points="random"``, or when SfM finds none) are ``num_random_points`` sampled
+uniformly in volume inside the camera frusta between the near and far bounds.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from ..cameras import Camera
 from ..errors import DataError
 from .colmap import find_model_dir, read_model
 from .config import DataConfig
+from .points import PointCloud, choose_points
 from .scene import FrameCache, Scene, View
 from .video import VideoReader, probe_video
 
@@ -59,8 +62,11 @@ __all__ = [
     "opencv_to_llff",
     "umeyama",
     "read_ply_points",
+    "write_ply_points",
+    "poses_bounds",
     "random_frustum_points",
     "initial_points",
+    "shipped_points",
     "DEFAULT_DOWNSCALE",
 ]
 
@@ -136,6 +142,29 @@ def read_ply_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return xyz, rgb
 
 
+def write_ply_points(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
+    """Write ``[M, 3]`` positions and ``[M, 3]`` colours in ``[0, 1]`` as a binary PLY (the inverse of
+    :func:`read_ply_points`; float32 positions, uint8 colours)."""
+    from plyfile import PlyData, PlyElement
+
+    v = np.empty(len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    for k, name in enumerate("xyz"):
+        v[name] = xyz[:, k]
+    for k, name in enumerate(("red", "green", "blue")):
+        v[name] = np.round(np.clip(rgb[:, k], 0.0, 1.0) * 255.0).astype(np.uint8)
+    PlyData([PlyElement.describe(v, "vertex")]).write(str(path))
+
+
+def poses_bounds(cameras: list[Camera]) -> np.ndarray:
+    """``[N, 17]`` float64 rows of ``poses_bounds.npy`` for ``cameras`` (the inverse of what :func:`load`
+    reads): ``[down, right, back, centre, (H, W, focal)]`` row-major, then ``near, far``.
+    The cameras must have ``fx = fy`` and the principal point at the image centre (LLFF stores no more)."""
+    poses = opencv_to_llff(np.stack([c.world_to_camera.double().numpy() for c in cameras]))  # [N, 3, 4]
+    hwf = np.array([[c.height, c.width, c.fx] for c in cameras], np.float64)[:, :, None]
+    rows = np.concatenate((poses, hwf), axis=2).reshape(len(cameras), 15)
+    return np.concatenate((rows, [[c.near, c.far] for c in cameras]), axis=1)
+
+
 def _read_poses_bounds(file: Path, n_videos: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``[N, 3, 4]`` LLFF poses, ``[N, 3]`` (H, W, focal), ``[N, 2]`` bounds, validated."""
     try:
@@ -184,14 +213,11 @@ def random_frustum_points(
     return pts, rng.uniform(0, 1, (n, 3))
 
 
-def initial_points(
-    path: Path, cams: list[Camera], config: DataConfig, depth: tuple[float, float] | None = None
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """``[M, 3]`` initial points, ``[M, 3]`` colours in ``[0, 1]`` and a line saying where they came from.
+def shipped_points(path: Path, cams: list[Camera]) -> PointCloud | None:
+    """The folder's own points, or ``None``: a COLMAP model under ``path`` aligned to ``cams``
+    by their centres (its images named like the cameras, ``camXX.png``), else ``points3D.ply``.
 
-    In order: a COLMAP model under ``path`` aligned to ``cams`` by their centres (its images
-    named like the cameras, ``camXX.png``), ``points3D.ply``, or :func:`random_frustum_points`
-    (``depth`` as there).
+    A model whose centres do not match the cameras is skipped with a warning.
     """
     model_dir = find_model_dir(path)
     if model_dir is not None:
@@ -207,14 +233,28 @@ def initial_points(
             if residual <= _ALIGN_TOLERANCE:
                 xyz = s * model.points.xyz @ R.T + t
                 return xyz, model.points.rgb / 255.0, f"{rel}, aligned on {len(pairs)} cameras (residual {residual:.2%} of the rig radius)"
-            warnings.warn(f"{model_dir}: camera centres do not match poses_bounds.npy (residual {residual:.1%}); using random points")
+            warnings.warn(f"{model_dir}: camera centres do not match poses_bounds.npy (residual {residual:.1%}); not using its points")
         else:
-            warnings.warn(f"{model_dir}: fewer than 3 of its images are named like the videos; using random points")
+            warnings.warn(f"{model_dir}: fewer than 3 of its images are named like the videos; not using its points")
     elif (path / "points3D.ply").is_file():
         xyz, rgb = read_ply_points(path / "points3D.ply")
         return xyz, rgb, "points3D.ply"
-    xyz, rgb = random_frustum_points(cams, config.num_random_points, config.seed, depth)
-    return xyz, rgb, f"{config.num_random_points} random points in the camera frusta (seed {config.seed})"
+    return None
+
+
+def initial_points(
+    path: Path, cams: list[Camera], train_views: list[View], config: DataConfig, depth: tuple[float, float] | None = None
+) -> PointCloud:
+    """``[M, 3]`` initial points, ``[M, 3]`` colours in ``[0, 1]`` and a line saying where they came from,
+    chosen by :func:`moegs.data.points.choose_points` among :func:`shipped_points`, SfM on the first frame
+    of ``train_views`` and :func:`random_frustum_points` (``depth`` as there).
+    """
+
+    def random() -> PointCloud:
+        xyz, rgb = random_frustum_points(cams, config.num_random_points, config.seed, depth)
+        return xyz, rgb, f"{config.num_random_points} random points in the camera frusta (seed {config.seed})"
+
+    return choose_points(config, train_views, lambda: shipped_points(path, cams), random)
 
 
 def load(path: Path, config: DataConfig) -> Scene:
@@ -274,7 +314,7 @@ def load(path: Path, config: DataConfig) -> Scene:
     if not train:
         raise DataError(path, f"no training cameras left after holding out {sorted(test_ids)}")
 
-    xyz, rgb, points_from = initial_points(path, cams, config)
+    xyz, rgb, points_from = initial_points(path, cams, train, config)
     return Scene(
         name=path.name,
         format="n3v",

@@ -22,10 +22,20 @@ for listed frame index ``f``; for consecutive timesteps this is
 ``t = i / (n - 1)``, and a gap keeps its true length in time. ``scene.info``
 records the listed, present and loaded counts.
 
-Initial points: ``init_pt_cld.npz`` (key ``"data"``: ``[N, 7]`` xyz, rgb in
-``[0, 1]``, segmentation label) when present; otherwise uniform random points
-around the point the training cameras look at, keeping those seen by the most
-of them (the overlap of their view frusta), with grey colours.
+Initial points (``DataConfig.points``, see :mod:`moegs.data.points`): by
+default ``init_pt_cld.npz`` (key ``"data"``: ``[N, 7]`` xyz, rgb in ``[0, 1]``,
+segmentation label) when present, else SfM on the first loaded timestep of the
+training cameras. Random points (``points="random"``, or when SfM finds none)
+are uniform around the point the training cameras look at, keeping those seen
+by the most of them (the overlap of their view frusta), with grey colours.
+
+Mirrored captures: some public copies store every camera rotation with
+determinant -1 (the world frame is a reflection of a right-handed one). Such a
+scene is loaded with its world reflected back, ``x -> -x`` (each ``w2c`` is
+right-multiplied by ``diag(-1, 1, 1, 1)`` and the points of ``init_pt_cld.npz``
+have their x negated): camera coordinates, hence every image, are unchanged.
+One warning says so and ``info["world_frame"]`` records it. Rotations of mixed
+sign, or not orthonormal, are an error.
 """
 
 from __future__ import annotations
@@ -45,6 +55,7 @@ from ..cameras import Camera
 from ..errors import ConfigError, DataError, MissingFramesWarning
 from .config import DataConfig
 from .images import ImageFile
+from .points import choose_points, first_views, read_npz_points
 from .scene import FrameCache, Scene, View
 
 __all__ = [
@@ -66,6 +77,8 @@ NEAR, FAR = 0.01, 100.0
 _KEYS = ("w", "h", "k", "w2c", "fn", "cam_id")
 # Tolerance on R^T R = I for the rotation part of a w2c matrix.
 _ORTHONORMAL_TOL = 1e-3
+# The reflection x -> -x that brings a mirrored capture's world frame back to a right-handed one.
+MIRROR = np.diag([-1.0, 1.0, 1.0])
 
 
 def detect(path: Path) -> bool:
@@ -132,8 +145,8 @@ def _entry(path: Path, t: int, c: int, k: Any, w2c: Any, fn: Any, cam: Any, root
     if not (np.isfinite(K).all() and np.isfinite(M).all()):
         raise DataError(path, f"{where}: k or w2c has NaN or infinite entries")
     R = M[:3, :3]
-    if np.abs(R.T @ R - np.eye(3)).max() > _ORTHONORMAL_TOL or np.linalg.det(R) < 0:
-        raise DataError(path, f"{where}: w2c is not a rigid transform (rotation part is not a rotation)")
+    if np.abs(R.T @ R - np.eye(3)).max() > _ORTHONORMAL_TOL:
+        raise DataError(path, f"{where}: w2c is not a rigid transform (rotation part is not orthonormal)")
     if K[0, 0] <= 0 or K[1, 1] <= 0:
         raise DataError(path, f"{where}: focal lengths in k must be positive")
     if not isinstance(fn, str) or not fn:
@@ -182,23 +195,18 @@ def frustum_overlap_points(cameras: list[Camera], num: int, seed: int = 0) -> Te
     return cand[order[:num]].float()
 
 
-def _read_point_cloud(path: Path) -> tuple[Tensor, Tensor]:
-    """Points ``[N, 3]`` and colours ``[N, 3]`` in ``[0, 1]`` of a Dynamic3DGS ``init_pt_cld.npz``."""
-    try:
-        with np.load(path) as f:
-            if "data" not in f:
-                raise DataError(path, "missing array 'data'")
-            data = np.asarray(f["data"], dtype=np.float64)
-    except (OSError, ValueError) as e:
-        raise DataError(path, f"cannot read point cloud: {e}") from e
-    if data.ndim != 2 or data.shape[1] < 6 or len(data) == 0:
-        raise DataError(path, f"'data' must be an [N, 7] array (xyz rgb seg), got shape {data.shape}")
-    if not np.isfinite(data[:, :6]).all():
-        raise DataError(path, "'data' has NaN or infinite entries")
-    rgb = data[:, 3:6]
-    if rgb.max() > 1.0:  # stored as 0..255
-        rgb = rgb / 255.0
-    return torch.from_numpy(data[:, :3]).float(), torch.from_numpy(np.clip(rgb, 0.0, 1.0)).float()
+def _mirrored(root: Path, metas: dict) -> bool:
+    """Whether every listed camera rotation has determinant -1 (True) or +1 (False); mixed is an error."""
+    signs: dict[bool, tuple[str, int, int]] = {}
+    for split, (_, _, entries) in metas.items():
+        for t, row in enumerate(entries):
+            for c, e in enumerate(row):
+                signs.setdefault(bool(np.linalg.det(e.w2c[:3, :3]) < 0), (f"{split}_meta.json", t, c))
+    if len(signs) > 1:
+        (fa, ta, ca), (fb, tb, cb) = signs[False], signs[True]
+        raise DataError(root / fb, f"timestep {tb}, camera {cb}: w2c rotation has determinant -1 but {fa} timestep {ta}, "
+                                   f"camera {ca} has +1 (a world frame must be mirrored for every camera or none)")
+    return True in signs
 
 
 def load(path: Path, config: DataConfig) -> Scene:
@@ -234,10 +242,18 @@ def load(path: Path, config: DataConfig) -> Scene:
 
     frames = present_frames[:: config.frame_step][: config.max_frames]
     f0, f1 = frames[0], frames[-1]
+    mirrored = _mirrored(root, metas)
+    if mirrored:
+        warnings.warn(
+            f"{root.name}: every camera rotation has determinant -1 (a mirrored world frame); "
+            "loading the world reflected (x -> -x), which renders the same images",
+            stacklevel=2,
+        )
+    to_world = np.diag([-1.0, 1.0, 1.0, 1.0]) if mirrored else np.eye(4)
 
     def view(e: _Entry, w: int, h: int) -> View:
         cam = Camera(
-            world_to_camera=torch.from_numpy(e.w2c).float(),
+            world_to_camera=torch.from_numpy(e.w2c @ to_world).float(),
             fx=float(e.K[0, 0]), fy=float(e.K[1, 1]), cx=float(e.K[0, 2]), cy=float(e.K[1, 2]),
             width=w, height=h, near=NEAR, far=FAR,
             time=(e.frame - f0) / (f1 - f0) if f1 > f0 else 0.0,
@@ -265,15 +281,21 @@ def load(path: Path, config: DataConfig) -> Scene:
             raise ConfigError("test_cameras holds out every camera: nothing left to train on")
 
     pcd_path = root / "init_pt_cld.npz"
-    if pcd_path.is_file():
-        points, colors = _read_point_cloud(pcd_path)
-        point_source = f"{pcd_path.name} ({len(points)} points)"
-    else:
+
+    def shipped():
+        if not pcd_path.is_file():
+            return None
+        xyz, rgb = read_npz_points(pcd_path)
+        return xyz, rgb, f"{pcd_path.name} ({len(xyz)} points)"
+
+    def random():
         num = max(1, min(int(config.num_random_points), MAX_RANDOM_POINTS))
-        first_cams = [v.camera for v in train_views if v.frame == f0]
-        points = frustum_overlap_points(first_cams, num, config.seed)
-        colors = torch.full_like(points, 0.5)
-        point_source = f"{num} random in the training cameras' frusta overlap"
+        pts = frustum_overlap_points([v.camera for v in first_views(train_views)], num, config.seed)
+        return pts.double().numpy(), np.full((num, 3), 0.5), f"{num} random in the training cameras' frusta overlap"
+
+    xyz, rgb, point_source = choose_points(config, train_views, shipped, random, MIRROR if mirrored else None)
+    points = torch.from_numpy(np.asarray(xyz)).float().reshape(-1, 3)
+    colors = torch.from_numpy(np.asarray(rgb)).float().reshape(-1, 3)
 
     info = {
         "timesteps_listed": num_listed,
@@ -284,6 +306,7 @@ def load(path: Path, config: DataConfig) -> Scene:
         "time_normalisation": f"(frame - {f0}) / ({f1} - {f0}) over the loaded timesteps",
         "downscale": downscale,
         "initial_points": point_source,
+        "world_frame": "mirrored in the files (det -1): reflected on load, x -> -x" if mirrored else "as in the files",
     }
     background = torch.ones(3) if config.white_background else torch.zeros(3)
     return Scene(

@@ -11,7 +11,9 @@ Every view is at time 0. Split: images sorted by name, every 8th one (index
 ``i % 8 == 0``) is a test view -- 3DGS's ``llffhold = 8`` -- unless
 ``DataConfig.test_cameras`` names image indices. With fewer than 8 images all
 views are used for both training and testing (``info["split"]`` says so).
-Initial points are the model's points3D with their colours.
+Initial points (``DataConfig.points``, see :mod:`moegs.data.points`): by default
+the model's points3D with their colours, or SfM on the training images when the
+model has none (a model of poses only).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..errors import DataError, MissingFramesWarning
 from .colmap import ColmapModel, find_model_dir, read_model, to_camera
 from .config import DataConfig
 from .images import ImageFile, read_image_size
+from .points import choose_points
 from .scene import FrameCache, Scene, View
 
 __all__ = ["detect", "load", "LLFF_HOLD"]
@@ -116,7 +119,22 @@ def load(path: Path, config: DataConfig) -> Scene:
     if not train:
         raise DataError(path, f"no training views left after holding out test cameras {sorted(config.test_cameras or ())}")
 
-    points, colors = model_points(model)
+    def shipped():
+        if len(model.points.xyz) == 0:
+            return None
+        xyz, rgb = model_points(model)
+        return xyz.double().numpy(), rgb.double().numpy(), f"COLMAP model {model_dir.relative_to(path)} ({len(xyz)} points)"
+
+    def random():
+        from .n3v import random_frustum_points
+
+        cams = [v.camera for v in train]
+        xyz, rgb = random_frustum_points(cams, config.num_random_points, config.seed)
+        return xyz, rgb, f"{config.num_random_points} random points in the camera frusta (seed {config.seed})"
+
+    xyz, rgb, points_from = choose_points(config, train, shipped, random)
+    points = torch.from_numpy(xyz).float().reshape(-1, 3)
+    colors = torch.from_numpy(rgb).float().reshape(-1, 3)
     white = bool(config.white_background)
     return Scene(
         name=path.name,
@@ -133,5 +151,6 @@ def load(path: Path, config: DataConfig) -> Scene:
             "images": len(images),
             "original_resolution": (model.cameras[images[0].camera_id].width, model.cameras[images[0].camera_id].height),
             "downscale": factor,
+            "points": points_from,
         },
     )

@@ -46,14 +46,13 @@ from typing import Callable
 
 import numpy as np
 import torch
-from plyfile import PlyData, PlyElement
 from torch import Tensor
 
 from ..cameras import Camera, look_at
 from ..errors import DataError
 from ..gaussians import GaussianSet
 from ..render import Backend, RenderOutput, quat_to_rotmat
-from .n3v import opencv_to_llff
+from .n3v import poses_bounds, write_ply_points
 from .video import write_video
 
 __all__ = [
@@ -426,14 +425,6 @@ def ground_truth(config: SyntheticConfig | None = None) -> GroundTruth:
     return GroundTruth(config, cameras, parts)
 
 
-def _poses_bounds(cameras: list[Camera]) -> np.ndarray:
-    """``[N, 17]`` float64 LLFF rows: ``[down, right, back, centre, (H, W, focal)]`` row-major, near, far."""
-    poses = opencv_to_llff(np.stack([c.world_to_camera.double().numpy() for c in cameras]))  # [N, 3, 4]
-    hwf = np.array([[c.height, c.width, c.fx] for c in cameras], np.float64)[:, :, None]
-    rows = np.concatenate((poses, hwf), axis=2).reshape(len(cameras), 15)
-    return np.concatenate((rows, [[c.near, c.far] for c in cameras]), axis=1)
-
-
 def _initial_points(gt: GroundTruth) -> tuple[np.ndarray, np.ndarray]:
     """``[M, 3]`` jittered centres and ``[M, 3]`` colours of Gaussians opaque at ``point_frames`` frames."""
     cfg = gt.config
@@ -451,15 +442,6 @@ def _initial_points(gt: GroundTruth) -> tuple[np.ndarray, np.ndarray]:
     xyz = xyz[idx] + rng.normal(0.0, cfg.point_noise, (len(idx), 3))
     rgb = np.clip(rgb[idx] + rng.normal(0.0, cfg.point_color_noise, (len(idx), 3)), 0.0, 1.0)
     return xyz, rgb
-
-
-def _write_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> None:
-    v = np.empty(len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    for k, name in enumerate("xyz"):
-        v[name] = xyz[:, k]
-    for k, name in enumerate(("red", "green", "blue")):
-        v[name] = np.round(rgb[:, k] * 255.0).astype(np.uint8)
-    PlyData([PlyElement.describe(v, "vertex")]).write(str(path))
 
 
 def _to_uint8(image: Tensor) -> np.ndarray:
@@ -482,9 +464,9 @@ def _write(folder: Path, config: SyntheticConfig) -> dict:
             backend = out.meta["backend"]
     for cam, video in zip(gt.cameras, frames):
         write_video(folder / f"{cam.name}.mp4", video, fps=config.fps, crf=config.crf)
-    np.save(folder / "poses_bounds.npy", _poses_bounds(gt.cameras))
+    np.save(folder / "poses_bounds.npy", poses_bounds(gt.cameras))
     xyz, rgb = _initial_points(gt)
-    _write_ply(folder / "points3D.ply", xyz, rgb)
+    write_ply_points(folder / "points3D.ply", xyz, rgb)
     return {
         "version": SCENE_VERSION,
         "config": asdict(config),

@@ -31,9 +31,10 @@ tz`` used by public extraction scripts of the release, which build the extrinsic
 Split: STG evaluates Technicolor on camera 10 (``cam10``), training on the
 other 15; that is the default ``test_cameras``. Frame ``k`` of the ``K`` kept
 frames has time ``k / (K - 1)``. Every camera must have every frame between the
-first and last frame number found. Initial points: a COLMAP model or
-``points3D.ply`` in the folder (as for N3V), else random points in the camera
-frusta between depths 0.65 and 10 (HyperReel's Technicolor bounds).
+first and last frame number found. Initial points: as for N3V (a COLMAP
+model or ``points3D.ply`` in the folder, else SfM on the first frame of the
+training cameras); random points (``DataConfig.points="random"``) lie in the
+camera frusta between depths 0.65 and 10 (HyperReel's Technicolor bounds).
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ def load(path: Path, config: DataConfig) -> Scene:
     if not train:
         raise DataError(path, f"no training cameras left after holding out {sorted(test_ids)}")
 
-    xyz, rgb, points_from = initial_points(path, cams, config, RANDOM_POINT_DEPTH)
+    xyz, rgb, points_from = initial_points(path, cams, train, config, RANDOM_POINT_DEPTH)
     return Scene(
         name=path.name,
         format="technicolor",

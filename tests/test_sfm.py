@@ -1,0 +1,292 @@
+"""SfM initial points (``moegs.data.sfm``, ``DataConfig.points``) and mirrored Dynamic3DGS captures."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import data_path
+from PIL import Image
+
+from moegs.cameras import Camera, look_at
+from moegs.data import DataConfig, load_scene
+from moegs.data import sfm as sfm_module
+from moegs.data.config import SfmOptions
+from moegs.data.n3v import poses_bounds, write_ply_points
+from moegs.data.points import first_views
+from moegs.data.video import write_video
+from moegs.errors import ConfigError, DataError
+from moegs.gaussians import GaussianSet
+
+
+def blob_gaussians(seed: int = 0) -> GaussianSet:
+    """Small opaque blobs of random colours: a back wall (y = 2), a floor (z = -1) and a cloud in front.
+
+    Random colours give SIFT distinctive, non-repeating texture; the cloud gives depth.
+    """
+    g = np.random.default_rng(seed)
+    n, m = 6000, 2000
+    wall = np.stack([g.uniform(-3, 3, n), np.full(n, 2.0), g.uniform(-1, 2.5, n)], 1)
+    floor = np.stack([g.uniform(-3, 3, n), g.uniform(-1.5, 2, n), np.full(n, -1.0)], 1)
+    cloud = np.stack([g.uniform(-1, 1, m), g.uniform(-0.5, 1.0, m), g.uniform(-0.8, 1.0, m)], 1)
+    means = np.concatenate([wall, floor, cloud])
+    k = len(means)
+    return GaussianSet(
+        means=torch.tensor(means, dtype=torch.float32),
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(k, 1),
+        log_scales=torch.tensor(np.log(g.uniform(0.01, 0.025, (k, 1))).repeat(3, 1), dtype=torch.float32),
+        opacity_logits=torch.full((k,), 4.0),
+        colors=torch.tensor(g.uniform(0, 1, (k, 3)), dtype=torch.float32),
+    )
+
+
+def blob_rig(num_cameras: int, width: int, height: int, spread: float = 0.3) -> list[Camera]:
+    """Cameras on an ellipse of viewing directions (yaw and pitch vary), all looking at one point."""
+    target = torch.tensor([0.0, 0.5, 0.2])
+    cams = []
+    for i in range(num_cameras):
+        phi = 2 * math.pi * i / num_cameras
+        yaw, pitch = spread * math.cos(phi), 0.25 + 0.6 * spread * math.sin(phi)
+        eye = target + 3.5 * torch.tensor([math.sin(yaw) * math.cos(pitch), -math.cos(yaw) * math.cos(pitch), math.sin(pitch)])
+        cams.append(Camera(look_at(eye, target), 0.9 * width, 0.9 * width, width / 2, height / 2, width, height,
+                           near=0.5, far=10.0, name=f"cam{i:02d}"))
+    return cams
+
+
+def write_blob_scene(root: Path, num_cameras: int = 8, width: int = 384, height: int = 288, frames: int = 2,
+                     with_poses: bool = True) -> tuple[GaussianSet, list[Camera]]:
+    """An N3V folder (``camXX.mp4``, ``poses_bounds.npy`` unless ``with_poses`` is false) of the blob scene,
+    static over ``frames`` frames, without any point file. Returns the ground-truth Gaussians and cameras."""
+    gs, cams = blob_gaussians(), blob_rig(num_cameras, width, height)
+    root.mkdir(parents=True, exist_ok=True)
+    for cam in cams:
+        img = (gs.render(cam).color.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        write_video(root / f"{cam.name}.mp4", [img] * frames, fps=10, crf=12)
+    if with_poses:
+        np.save(root / "poses_bounds.npy", poses_bounds(cams))
+    return gs, cams
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOEGS_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def blob_root(tmp_path_factory) -> tuple[Path, GaussianSet, list[Camera]]:
+    root = tmp_path_factory.mktemp("blob") / "scene"
+    gs, cams = write_blob_scene(root)
+    return root, gs, cams
+
+
+def _cfg(**kw) -> DataConfig:
+    return DataConfig(downscale=1.0, max_frames=1, **kw)
+
+
+def test_triangulated_points_lie_on_the_known_surfaces(blob_root):
+    root, gs, cams = blob_root
+    scene = load_scene(root, _cfg())  # no point file: auto means SfM
+    assert scene.info["points"].startswith("SfM on the first frame of 7 cameras")
+    pts = scene.points
+    assert len(pts) > 500
+    # Distance to the nearest known surface: the wall plane, the floor plane, or a blob of the cloud
+    # (blobs are 0.01-0.025 in radius). Measured: median 0.0055, 90th percentile 0.021, 0.05 % beyond 0.1.
+    cloud = gs.means[12000:]
+    dist = torch.stack([(pts[:, 1] - 2.0).abs(), (pts[:, 2] + 1.0).abs(), torch.cdist(pts, cloud).min(1).values], 1).min(1).values
+    assert float(dist.median()) < 0.012
+    assert float(dist.quantile(0.9)) < 0.05
+    assert float((dist > 0.1).float().mean()) < 0.01
+    # Colours come from the images: those of a training view where the points project (RGB order, [0, 1]).
+    view = scene.train_views[0]
+    uv, z = view.camera.project(pts)
+    u, v = uv[:, 0].long(), uv[:, 1].long()
+    ok = (z > 0) & (u >= 0) & (u < view.camera.width) & (v >= 0) & (v < view.camera.height)
+    seen = scene.image(view)[v[ok], u[ok]]
+    assert ok.sum() > 200
+    assert float((scene.point_colors[ok] - seen).abs().mean()) < 0.1
+    assert float((scene.point_colors[ok] - seen[torch.randperm(len(seen))]).abs().mean()) > 0.2
+    # Only the training cameras' images were used: cam00 (held out) is not needed to see the points.
+    assert scene.test_views[0].camera.name == "cam00"
+
+
+def test_filters_are_applied(blob_root):
+    root, _, cams = blob_root
+    views = first_views(load_scene(root, _cfg(points="random", num_random_points=10)).train_views)
+    images, cams = [v.source.load() for v in views], [v.camera for v in views]
+    loose = sfm_module.triangulate(images, cams, SfmOptions(min_track_length=2), progress=False)
+    strict = sfm_module.triangulate(images, cams, SfmOptions(min_track_length=4, max_reprojection_error=0.5), progress=False)
+    assert loose.track_length.min() == 2 and strict.track_length.min() >= 4
+    assert strict.error.max() <= 0.5 and len(strict.xyz) < len(loose.xyz)
+    # depth range: every kept point is in front of every camera that sees it, inside [near, far]
+    for cam in cams:
+        z = cam.project(torch.from_numpy(strict.xyz).float())[1]
+        assert float(z.max()) < cam.far
+
+
+def test_sfm_is_cached_by_content(blob_root, tmp_path, monkeypatch):
+    root, _, _ = blob_root
+    first = load_scene(root, _cfg())
+    files = list((tmp_path / "cache" / "sfm").glob("*.pt"))
+    assert len(files) == 1 and "saved to" in first.info["points"]
+
+    def fail(*a, **k):
+        raise AssertionError("SfM recomputed although cached")
+
+    monkeypatch.setattr(sfm_module, "triangulate", fail)
+    again = load_scene(root, _cfg())
+    assert "read from" in again.info["points"] and str(files[0]) in again.info["points"]
+    torch.testing.assert_close(again.points, first.points)
+    # other settings are another cache entry
+    with pytest.raises(AssertionError, match="recomputed"):
+        load_scene(root, _cfg(sfm=SfmOptions(max_features=2000)))
+
+
+def test_point_choices(blob_root, tmp_path):
+    root, _, _ = blob_root
+    rnd = load_scene(root, _cfg(points="random", num_random_points=123))
+    assert len(rnd.points) == 123 and "random" in rnd.info["points"]
+    xyz = np.random.default_rng(0).normal(size=(50, 3))
+    write_ply_points(tmp_path / "mine.ply", xyz, np.full((50, 3), 0.25))
+    mine = load_scene(root, _cfg(points=str(tmp_path / "mine.ply")))
+    np.testing.assert_allclose(mine.points.numpy(), xyz, atol=1e-6)
+    np.savez(tmp_path / "d3dgs.npz", data=np.concatenate([xyz, np.full((50, 3), 0.5), np.zeros((50, 1))], 1))
+    assert len(load_scene(root, _cfg(points=str(tmp_path / "d3dgs.npz"))).points) == 50
+    # a shipped point file wins in auto mode; "sfm" ignores it
+    (tmp_path / "shipped").mkdir()
+    for f in root.iterdir():
+        (tmp_path / "shipped" / f.name).symlink_to(f)
+    write_ply_points(tmp_path / "shipped" / "points3D.ply", xyz, np.full((50, 3), 0.25))
+    assert load_scene(tmp_path / "shipped", _cfg()).info["points"] == "points3D.ply"
+    assert load_scene(tmp_path / "shipped", _cfg(points="sfm")).info["points"].startswith("SfM")
+    with pytest.raises(DataError, match="nothere.ply"):
+        load_scene(root, _cfg(points=str(tmp_path / "nothere.ply")))
+    (tmp_path / "x.txt").write_text("1 2 3\n")
+    with pytest.raises(DataError, match="unknown point file type"):
+        load_scene(root, _cfg(points=str(tmp_path / "x.txt")))
+    with pytest.raises(ConfigError, match="min_track_length"):
+        load_scene(root, _cfg(sfm=SfmOptions(min_track_length=1)))
+
+
+def test_auto_falls_back_to_random_when_sfm_finds_nothing(tmp_path):
+    """Textureless videos: SfM keeps no point; auto warns and samples random points, "sfm" is an error."""
+    root = tmp_path / "flat"
+    root.mkdir()
+    cams = blob_rig(4, 64, 48)
+    for cam in cams:
+        write_video(root / f"{cam.name}.mp4", [np.full((48, 64, 3), 128, np.uint8)], fps=10)
+    np.save(root / "poses_bounds.npy", poses_bounds(cams))
+    with pytest.warns(UserWarning, match="SfM kept no point"):
+        scene = load_scene(root, _cfg(num_random_points=77))
+    assert len(scene.points) == 77 and "SfM failed" in scene.info["points"]
+    with pytest.raises(DataError, match="SfM kept no point"):
+        load_scene(root, _cfg(points="sfm"))
+
+
+# ------------------------------------------------------------------------ mirrored Dynamic3DGS captures
+def _write_d3dgs(root: Path, cams: list[Camera], images: list[np.ndarray], w2c: list[np.ndarray], points: np.ndarray) -> None:
+    """A one-timestep Dynamic3DGS folder; the last camera is the test split."""
+    (root / "ims").mkdir(parents=True)
+    for i, img in enumerate(images):
+        (root / "ims" / str(i)).mkdir()
+        Image.fromarray(img).save(root / "ims" / str(i) / "000000.png")
+    for split, idx in (("train", range(len(cams) - 1)), ("test", [len(cams) - 1])):
+        meta = {"w": cams[0].width, "h": cams[0].height,
+                "k": [[cams[i].K.tolist() for i in idx]], "w2c": [[w2c[i].tolist() for i in idx]],
+                "fn": [[f"{i}/000000.png" for i in idx]], "cam_id": [[i for i in idx]]}
+        (root / f"{split}_meta.json").write_text(json.dumps(meta))
+    np.savez(root / "init_pt_cld.npz", data=np.concatenate([points, np.full_like(points, 0.5), np.zeros((len(points), 1))], 1))
+
+
+@pytest.fixture(scope="module")
+def mirrored_pair(tmp_path_factory):
+    """The same capture written twice: as is, and with its world mirrored (x -> -x) in the files."""
+    base = tmp_path_factory.mktemp("mirror")
+    gs, cams = blob_gaussians(), blob_rig(4, 96, 72)
+    images = [(gs.render(c).color.clamp(0, 1) * 255).round().to(torch.uint8).numpy() for c in cams]
+    w2c = [c.world_to_camera.double().numpy() for c in cams]
+    pts = gs.means[:200].double().numpy()
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])
+    _write_d3dgs(base / "plain", cams, images, w2c, pts)
+    _write_d3dgs(base / "mirrored", cams, images, [m @ flip for m in w2c], pts * [-1.0, 1.0, 1.0])
+    return base, gs
+
+
+def test_mirrored_world_loads_and_renders_identically(mirrored_pair):
+    base, gs = mirrored_pair
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = load_scene(base / "plain")
+    for f in ("train_meta.json", "test_meta.json"):  # the files really are mirrored
+        w2c = np.array(json.loads((base / "mirrored" / f).read_text())["w2c"][0])
+        assert (np.linalg.det(w2c[:, :3, :3]) < 0).all()
+    with pytest.warns(UserWarning, match="determinant -1") as rec:
+        mirrored = load_scene(base / "mirrored")
+    assert sum("determinant -1" in str(w.message) for w in rec) == 1  # warned once
+    assert "mirrored" in mirrored.info["world_frame"] and plain.info["world_frame"] == "as in the files"
+    torch.testing.assert_close(mirrored.points, plain.points)
+    for a, b in zip(plain.views, mirrored.views):
+        assert torch.linalg.det(b.camera.R) > 0
+        torch.testing.assert_close(a.camera.world_to_camera, b.camera.world_to_camera, atol=1e-6, rtol=0)
+        torch.testing.assert_close(gs.render(b.camera).color, gs.render(a.camera).color, atol=1e-5, rtol=0)
+        torch.testing.assert_close(mirrored.image(b), plain.image(a))
+
+
+def test_mixed_or_non_orthonormal_rotations_are_errors(mirrored_pair, tmp_path):
+    base, _ = mirrored_pair
+    import shutil
+
+    mixed = tmp_path / "mixed"
+    shutil.copytree(base / "mirrored", mixed)
+    meta = json.loads((base / "plain" / "test_meta.json").read_text())
+    (mixed / "test_meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="determinant") as e:
+        load_scene(mixed)
+    assert "_meta.json" in str(e.value)
+    skew = tmp_path / "skew"
+    shutil.copytree(base / "plain", skew)
+    meta = json.loads((skew / "train_meta.json").read_text())
+    meta["w2c"][0][1][0][0] *= 1.2
+    (skew / "train_meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="train_meta.json: timestep 0, camera 1: .*not orthonormal"):
+        load_scene(skew)
+
+
+# ------------------------------------------------------------------------------------ real scene
+@pytest.mark.slow
+def test_panoptic_sfm_points_fall_on_the_people():
+    """SfM points of panoptic_basketball agree with its cameras: seen from the cameras with masks,
+    they land on the segmented people far more often than random points (masks cover ~10 % of an image).
+    Measured: 61 % of SfM point projections fall in a mask (random points: 12 %), and 33 % of the
+    points are in the mask of every camera that sees them (random: 1 %)."""
+    root = data_path("panoptic_basketball")
+
+    def mask_stats(points: str):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            scene = load_scene(root, DataConfig(max_frames=1, points=points, num_random_points=750))
+        views = [v for v in first_views(scene.views) if (root / "seg" / f"{v.camera.name}.png").is_file()]
+        seen = torch.zeros(len(scene.points))
+        hits = torch.zeros(len(scene.points))
+        for v in views:
+            m = torch.from_numpy(np.array(Image.open(root / "seg" / f"{v.camera.name}.png")) > 0)
+            m = m[..., 0] if m.dim() == 3 else m
+            uv, z = v.camera.project(scene.points)
+            u, w = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+            ok = (z > 0) & (u >= 0) & (u < v.camera.width) & (w >= 0) & (w < v.camera.height)
+            hit = torch.zeros(len(scene.points), dtype=torch.bool)
+            hit[ok] = m[w[ok], u[ok]]
+            seen += ok
+            hits += hit
+        return scene, float(hits.sum() / seen.sum()), float(((hits == seen) & (seen > 0)).float().mean())
+
+    scene, in_mask, all_views = mask_stats("sfm")
+    assert scene.info["initial_points"].startswith("SfM on the first frame of 27 cameras")
+    assert len(scene.points) > 300
+    assert in_mask > 0.45 and all_views > 0.2
+    _, rnd_in_mask, rnd_all = mask_stats("random")
+    assert rnd_in_mask < 0.2 and rnd_all < 0.05
