@@ -41,6 +41,13 @@ __all__ = [
     "num_sh_bases",
     "rgb_to_sh0",
     "TILE_SIZE",
+    "eval_colors",
+    "finish_render",
+    "ExpertsRenderOutput",
+    "PreparedExperts",
+    "prepare_experts",
+    "composite_experts",
+    "rasterize_experts",
 ]
 
 Backend = Literal["auto", "cpu", "torch", "cuda"]
@@ -88,6 +95,24 @@ def resolve_backend(backend: Backend, device: torch.device) -> str:
     return "torch"
 
 
+def eval_colors(means: Tensor, colors: Tensor, camera: Camera, sh_degree: int | None = None) -> Tensor:
+    """``[N, 3]`` colour of Gaussians at ``means`` ``[N, 3]`` seen from ``camera``: ``colors`` ``[N, 3]`` RGB
+    as is, or ``[N, B, 3]`` SH coefficients evaluated up to ``sh_degree`` (default: what ``B`` holds), + 0.5, clamped at 0."""
+    if colors.dim() != 3:
+        return colors
+    degree = sh_degree if sh_degree is not None else int(round(colors.shape[1] ** 0.5)) - 1
+    dirs = F.normalize(means - camera.center.to(means), dim=-1)
+    return (eval_sh(degree, colors, dirs) + 0.5).clamp_min(0.0)
+
+
+def finish_render(feats: Tensor, alpha: Tensor, depth_acc: Tensor, background: Tensor) -> tuple[Tensor, Tensor]:
+    """Colour over ``background`` ``[3]`` and expected depth from composited ``feats`` ``[..., H, W, 3 + C]``,
+    ``alpha`` ``[..., H, W]`` and alpha-weighted depth ``depth_acc`` ``[..., H, W]`` (depth 0 where empty)."""
+    color = feats[..., :3] + (1.0 - alpha)[..., None] * background
+    depth = torch.where(alpha > 1e-6, depth_acc / alpha.clamp_min(1e-6), torch.zeros_like(depth_acc))
+    return color, depth
+
+
 def rasterize(
     means: Tensor,  # [N, 3]
     quats: Tensor,  # [N, 4]
@@ -132,12 +157,7 @@ def rasterize(
         raise ValueError(f"extras must be [N, C], got {tuple(extras.shape)}")
     name = resolve_backend(backend, means.device)
 
-    if colors.dim() == 3:
-        degree = sh_degree if sh_degree is not None else int(round(colors.shape[1] ** 0.5)) - 1
-        dirs = F.normalize(means - camera.center.to(means), dim=-1)
-        rgb = (eval_sh(degree, colors, dirs) + 0.5).clamp_min(0.0)
-    else:
-        rgb = colors
+    rgb = eval_colors(means, colors, camera, sh_degree)
     opac = torch.sigmoid(opacity_logits)
     bg = means.new_zeros(3) if background is None else background.to(means)
 
@@ -160,8 +180,10 @@ def rasterize(
         depth_acc = out[..., 3]
     if means2d.requires_grad:
         means2d.retain_grad()
-    color = feats[..., :3] + (1.0 - alpha)[..., None] * bg
-    depth = torch.where(alpha > 1e-6, depth_acc / alpha.clamp_min(1e-6), torch.zeros_like(depth_acc))
+    color, depth = finish_render(feats, alpha, depth_acc, bg)
     meta = {"means2d": means2d, "radii": radii, "depths": depths, "width": camera.width, "height": camera.height,
             "backend": name}
     return RenderOutput(color=color, alpha=alpha, depth=depth, extras=feats[..., 3:], meta=meta)
+
+
+from .multi import ExpertsRenderOutput, PreparedExperts, composite_experts, prepare_experts, rasterize_experts  # noqa: E402

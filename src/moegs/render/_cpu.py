@@ -134,21 +134,22 @@ def _require() -> ModuleType:
 
 class _CompositeCpu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, features, offsets, flatten_ids, dims):
-        out, alpha, final_t, last = _require().forward(means2d, conics, opacities, features, offsets, flatten_ids, *dims)
-        ctx.save_for_backward(means2d, conics, opacities, features, offsets, flatten_ids, final_t, last)
-        ctx.dims = dims
+    def forward(ctx, means2d, conics, opacities, features, expert_ids, offsets, flatten_ids, num_experts, dims):
+        out, alpha, final_t, last = _require().forward(means2d, conics, opacities, features, expert_ids, num_experts,
+                                                       offsets, flatten_ids, *dims)
+        ctx.save_for_backward(means2d, conics, opacities, features, expert_ids, offsets, flatten_ids, final_t, last)
+        ctx.num_experts, ctx.dims = num_experts, dims
         return out, alpha
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out, grad_alpha):
-        means2d, conics, opacities, features, offsets, flatten_ids, final_t, last = ctx.saved_tensors
+        means2d, conics, opacities, features, expert_ids, offsets, flatten_ids, final_t, last = ctx.saved_tensors
         grads = _require().backward(
-            means2d, conics, opacities, features, offsets, flatten_ids, final_t, last,
+            means2d, conics, opacities, features, expert_ids, ctx.num_experts, offsets, flatten_ids, final_t, last,
             grad_out.to(features.dtype).contiguous(), grad_alpha.to(features.dtype).contiguous(), *ctx.dims,
         )
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 def composite_cpu(
@@ -160,27 +161,37 @@ def composite_cpu(
     width: int,
     height: int,
     tile_size: int = TILE_SIZE,
+    *,
+    expert_ids: Tensor | None = None,  # [N] int
+    num_experts: int = 1,
 ) -> tuple[Tensor, Tensor]:
-    """Alpha-composite per-Gaussian features into an image (same semantics as ``composite_torch``).
+    """Alpha-composite per-Gaussian features into an image, or one image per expert in one pass
+    (same semantics as ``composite_torch``).
 
     Args:
         means2d, conics, opacities, features: screen-space Gaussians (see ``Projected``), float32
             or float64 (all are cast to ``means2d``'s dtype), ``D >= 1``.
         bins: per-tile depth-sorted Gaussian lists from ``bin_gaussians`` (same ``tile_size``).
         width, height: image size.
+        expert_ids: ``[N]`` expert of each Gaussian in ``[0, num_experts)``; each expert gets its own
+            transmittance and image, as if rendered alone.
+        num_experts: ``E``, the number of images when ``expert_ids`` is given.
 
     Returns:
-        ``[H, W, D]`` composited features and ``[H, W]`` accumulated alpha; differentiable
-        w.r.t. ``means2d``, ``conics``, ``opacities`` and ``features``.
+        ``[H, W, D]`` composited features and ``[H, W]`` accumulated alpha (``[E, H, W, D]`` and
+        ``[E, H, W]`` with ``expert_ids``); differentiable w.r.t. ``means2d``, ``conics``,
+        ``opacities`` and ``features``.
     """
     dt = means2d.dtype
     if dt not in (torch.float32, torch.float64):
         raise TypeError(f"composite_cpu supports float32 and float64, got {dt}")
     if features.dim() != 2 or features.shape[1] < 1:
         raise ValueError(f"features must be [N, D] with D >= 1, got {tuple(features.shape)}")
+    ids = means2d.new_zeros(0, dtype=torch.int32) if expert_ids is None else expert_ids.to(torch.int32).contiguous()
+    E = 1 if expert_ids is None else int(num_experts)
     dims = (int(width), int(height), bins.tiles_x, bins.tiles_y, int(tile_size))
     out, alpha = _CompositeCpu.apply(
         means2d.contiguous(), conics.to(dt).contiguous(), opacities.to(dt).contiguous(),
-        features.to(dt).contiguous(), bins.offsets.contiguous(), bins.flatten_ids.contiguous(), dims,
+        features.to(dt).contiguous(), ids, bins.offsets.contiguous(), bins.flatten_ids.contiguous(), E, dims,
     )
-    return out, alpha
+    return (out[0], alpha[0]) if expert_ids is None else (out, alpha)

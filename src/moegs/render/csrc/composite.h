@@ -16,20 +16,24 @@
 //   conics:      [N, 3] same dtype, upper triangle (a, b, c) of the inverse 2D covariance.
 //   opacities:   [N]    same dtype, in (0, 1).
 //   features:    [N, D] same dtype, D >= 1 channels composited with the same weights.
+//   expert_ids:  [N] int32 expert of each Gaussian in [0, E), or [0] (empty): all in expert 0.
+//   num_experts: E >= 1, the number of images composited at once (one per expert).
 //   offsets:     [tiles_y * tiles_x + 1] int64, tile k owns flatten_ids[offsets[k]:offsets[k+1]].
 //   flatten_ids: [M] int64 Gaussian indices, front to back within each tile.
 //   width, height: image size; tiles_x, tiles_y, tile_size: the tile grid.
 //
-// Returns:
-//   features_img: [H, W, D] sum_i w_i f_i with w_i = alpha_i T_i.
-//   alpha_img:    [H, W]    sum_i w_i.
-//   final_T:      [H, W]    transmittance after the last contributing Gaussian.
-//   last:         [H, W]    int32, 1 + position (in its tile's list) of the last contributing Gaussian, 0 if none.
+// Returns (expert e's image composites its own Gaussians only, T_i being its own transmittance):
+//   features_img: [E, H, W, D] sum_i w_i f_i with w_i = alpha_i T_i.
+//   alpha_img:    [E, H, W]    sum_i w_i.
+//   final_T:      [E, H, W]    transmittance after the last contributing Gaussian.
+//   last:         [E, H, W]    int32, 1 + position (in its tile's list) of the last contributing Gaussian, 0 if none.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwardCpu(
     const at::Tensor& means2d,
     const at::Tensor& conics,
     const at::Tensor& opacities,
     const at::Tensor& features,
+    const at::Tensor& expert_ids,
+    int64_t num_experts,
     const at::Tensor& offsets,
     const at::Tensor& flatten_ids,
     int64_t width,
@@ -42,11 +46,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwardCpu(
 // final transmittance and last contributing index of every pixel).
 //
 // Args:
-//   means2d, conics, opacities, features, offsets, flatten_ids, width, height,
-//   tiles_x, tiles_y, tile_size: as for the forward.
-//   final_T:    [H, W] from the forward; last: [H, W] int32 from the forward.
-//   grad_features_img: [H, W, D] dL/d features_img.
-//   grad_alpha_img:    [H, W]    dL/d alpha_img.
+//   means2d, conics, opacities, features, expert_ids, num_experts, offsets, flatten_ids,
+//   width, height, tiles_x, tiles_y, tile_size: as for the forward.
+//   final_T:    [E, H, W] from the forward; last: [E, H, W] int32 from the forward.
+//   grad_features_img: [E, H, W, D] dL/d features_img.
+//   grad_alpha_img:    [E, H, W]    dL/d alpha_img.
 //
 // Returns:
 //   grad_means2d [N, 2], grad_conics [N, 3], grad_opacities [N], grad_features [N, D]
@@ -56,6 +60,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeBackwardCpu(
     const at::Tensor& conics,
     const at::Tensor& opacities,
     const at::Tensor& features,
+    const at::Tensor& expert_ids,
+    int64_t num_experts,
     const at::Tensor& offsets,
     const at::Tensor& flatten_ids,
     const at::Tensor& final_T,
@@ -75,6 +81,8 @@ inline void CheckGaussians(
     const at::Tensor& conics,
     const at::Tensor& opacities,
     const at::Tensor& features,
+    const at::Tensor& expert_ids,
+    int64_t num_experts,
     const at::Tensor& offsets,
     const at::Tensor& flatten_ids,
     int64_t width,
@@ -101,6 +109,18 @@ inline void CheckGaussians(
               "offsets must be contiguous int64 [tiles_y * tiles_x + 1]");
   TORCH_CHECK(flatten_ids.scalar_type() == at::kLong && flatten_ids.is_contiguous() && flatten_ids.dim() == 1,
               "flatten_ids must be contiguous int64 [M]");
+  TORCH_CHECK(num_experts >= 1, "composite: num_experts must be >= 1");
+  TORCH_CHECK(expert_ids.scalar_type() == at::kInt && expert_ids.is_contiguous() && expert_ids.dim() == 1 &&
+                  expert_ids.device().is_cpu() && (expert_ids.size(0) == N || expert_ids.size(0) == 0),
+              "expert_ids must be contiguous int32 [N] (or [0])");
+  if (expert_ids.size(0)) {
+    const int32_t* e = expert_ids.data_ptr<int32_t>();
+    for (int64_t i = 0; i < N; ++i) {
+      TORCH_CHECK(e[i] >= 0 && e[i] < num_experts, "expert_ids must lie in [0, num_experts)");
+    }
+  } else {
+    TORCH_CHECK(num_experts == 1, "expert_ids are required when num_experts > 1");
+  }
 }
 
 }  // namespace moegs_detail
@@ -110,6 +130,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwa
     const at::Tensor& conics,
     const at::Tensor& opacities,
     const at::Tensor& features,
+    const at::Tensor& expert_ids,
+    int64_t num_experts,
     const at::Tensor& offsets,
     const at::Tensor& flatten_ids,
     int64_t width,
@@ -118,9 +140,11 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwa
     int64_t tiles_y,
     int64_t tile_size) {
   moegs_detail::CheckGaussians(
-      means2d, conics, opacities, features, offsets, flatten_ids, width, height, tiles_x, tiles_y, tile_size);
+      means2d, conics, opacities, features, expert_ids, num_experts, offsets, flatten_ids, width, height, tiles_x,
+      tiles_y, tile_size);
   return CompositeForwardCpu(
-      means2d, conics, opacities, features, offsets, flatten_ids, width, height, tiles_x, tiles_y, tile_size);
+      means2d, conics, opacities, features, expert_ids, num_experts, offsets, flatten_ids, width, height, tiles_x,
+      tiles_y, tile_size);
 }
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeBackward(
@@ -128,6 +152,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeBackw
     const at::Tensor& conics,
     const at::Tensor& opacities,
     const at::Tensor& features,
+    const at::Tensor& expert_ids,
+    int64_t num_experts,
     const at::Tensor& offsets,
     const at::Tensor& flatten_ids,
     const at::Tensor& final_T,
@@ -140,19 +166,22 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeBackw
     int64_t tiles_y,
     int64_t tile_size) {
   moegs_detail::CheckGaussians(
-      means2d, conics, opacities, features, offsets, flatten_ids, width, height, tiles_x, tiles_y, tile_size);
-  const int64_t D = features.size(1);
+      means2d, conics, opacities, features, expert_ids, num_experts, offsets, flatten_ids, width, height, tiles_x,
+      tiles_y, tile_size);
+  const int64_t D = features.size(1), E = num_experts;
   TORCH_CHECK(final_T.scalar_type() == means2d.scalar_type() && final_T.is_contiguous() &&
-                  final_T.sizes() == at::IntArrayRef({height, width}),
-              "final_T must be contiguous [H, W] of the inputs' dtype");
-  TORCH_CHECK(last.scalar_type() == at::kInt && last.is_contiguous() && last.sizes() == at::IntArrayRef({height, width}),
-              "last must be contiguous int32 [H, W]");
+                  final_T.sizes() == at::IntArrayRef({E, height, width}),
+              "final_T must be contiguous [E, H, W] of the inputs' dtype");
+  TORCH_CHECK(last.scalar_type() == at::kInt && last.is_contiguous() &&
+                  last.sizes() == at::IntArrayRef({E, height, width}),
+              "last must be contiguous int32 [E, H, W]");
   TORCH_CHECK(grad_features_img.scalar_type() == means2d.scalar_type() && grad_features_img.is_contiguous() &&
-                  grad_features_img.sizes() == at::IntArrayRef({height, width, D}),
-              "grad_features_img must be contiguous [H, W, D] of the inputs' dtype");
+                  grad_features_img.sizes() == at::IntArrayRef({E, height, width, D}),
+              "grad_features_img must be contiguous [E, H, W, D] of the inputs' dtype");
   TORCH_CHECK(grad_alpha_img.scalar_type() == means2d.scalar_type() && grad_alpha_img.is_contiguous() &&
-                  grad_alpha_img.sizes() == at::IntArrayRef({height, width}),
-              "grad_alpha_img must be contiguous [H, W] of the inputs' dtype");
-  return CompositeBackwardCpu(means2d, conics, opacities, features, offsets, flatten_ids, final_T, last,
+                  grad_alpha_img.sizes() == at::IntArrayRef({E, height, width}),
+              "grad_alpha_img must be contiguous [E, H, W] of the inputs' dtype");
+  return CompositeBackwardCpu(means2d, conics, opacities, features, expert_ids, num_experts, offsets, flatten_ids,
+                              final_T, last,
                               grad_features_img, grad_alpha_img, width, height, tiles_x, tiles_y, tile_size);
 }

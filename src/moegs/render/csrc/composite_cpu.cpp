@@ -1,5 +1,12 @@
 // CPU implementation of tile-based alpha compositing (forward and hand-written backward).
 //
+// Multi-expert: every Gaussian belongs to one of E experts (expert_ids, or expert 0 for all
+// when none are given) and the pixel keeps one transmittance and one set of accumulators per
+// expert; a Gaussian only reads and updates its own expert's. With one shared depth order this
+// is exactly E separate renders, and E = 1 is the ordinary single-image compositing. A pixel
+// stops once every expert present in its tile has either hit the cut-off or has no Gaussian
+// left in the tile's list.
+//
 // Semantics are those of the pure-PyTorch reference (moegs/render/_torch_impl.py)
 // and of the 3DGS tile rasterizer: pixel centres at integer + 0.5, per-tile
 // front-to-back lists, power = -0.5 (a dx^2 + c dy^2) - b dx dy, skipped when
@@ -68,10 +75,26 @@ struct TileGaussians {
   int n = 0;
   std::vector<scalar_t> mx, my, ca, cb, cc, op, feat;
   std::vector<int> row_lo, row_hi;
+  std::vector<int> eid;           // expert of each Gaussian
+  std::vector<char> last_of_eid;  // 1 for the last Gaussian of its expert in this tile's list
+  int n_experts_present = 0;
 
   void Load(const scalar_t* means2d, const scalar_t* conics, const scalar_t* opacities, const scalar_t* features,
-            const int64_t* ids, int count, int D, int ox, int oy, int tile_size) {
+            const int32_t* expert_ids, int E, const int64_t* ids, int count, int D, int ox, int oy, int tile_size) {
     n = count;
+    eid.resize(count);
+    last_of_eid.assign(count, 0);
+    seen.assign(E, 0);
+    n_experts_present = 0;
+    for (int i = count - 1; i >= 0; --i) {
+      const int e = expert_ids ? expert_ids[ids[i]] : 0;
+      eid[i] = e;
+      if (!seen[e]) {
+        seen[e] = 1;
+        last_of_eid[i] = 1;
+        ++n_experts_present;
+      }
+    }
     for (auto* v : {&mx, &my, &ca, &cb, &cc, &op}) {
       v->resize(count);
     }
@@ -90,6 +113,11 @@ struct TileGaussians {
       ReachableRows(i, ox, oy, tile_size);
     }
   }
+
+ private:
+  std::vector<char> seen;
+
+ public:
 
   // Bounding box of the ellipse where opacity exp(power) >= 1/255:
   // max over dx of power at offset dy is -0.5 dy^2 det / a, so |dy| <= sqrt(2 L a / det)
@@ -129,87 +157,110 @@ struct TileGaussians {
 
 template <typename scalar_t>
 void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar_t* opacities,
-                   const scalar_t* features, const int64_t* offsets, const int64_t* flatten_ids, int D, int W, int H,
-                   int tiles_x, int tiles_y, int ts, scalar_t* out, scalar_t* alpha_img, scalar_t* final_T,
-                   int32_t* last_img) {
+                   const scalar_t* features, const int32_t* expert_ids, int E, const int64_t* offsets,
+                   const int64_t* flatten_ids, int D, int W, int H, int tiles_x, int tiles_y, int ts, scalar_t* out,
+                   scalar_t* alpha_img, scalar_t* final_T, int32_t* last_img) {
   using Lim = Limits<scalar_t>;
   const int n_tiles = tiles_x * tiles_y;
+  const int64_t HW = static_cast<int64_t>(H) * W;
 #pragma omp parallel num_threads(at::get_num_threads())
   {
     TileGaussians<scalar_t> tg;
-    std::vector<scalar_t> acc(static_cast<size_t>(D) * kLanes);
+    // Per expert and lane: feature accumulators [E][D][lanes] and the lane state [E][lanes].
+    // Lane state is kept in scalar_t (masks as 0/1, list positions exactly representable)
+    // so that the lane loops vectorise without mixed-width conversions.
+    std::vector<scalar_t> acc(static_cast<size_t>(E) * D * kLanes), state(static_cast<size_t>(E) * 4 * kLanes);
+    scalar_t* const T_all = state.data();
+    scalar_t* const asum_all = T_all + E * kLanes;
+    scalar_t* const active_all = asum_all + E * kLanes;
+    scalar_t* const last_all = active_all + E * kLanes;
 #pragma omp for schedule(dynamic, 1)
     for (int tile = 0; tile < n_tiles; ++tile) {
       const int ox = (tile % tiles_x) * ts, oy = (tile / tiles_x) * ts;
       const int64_t start = offsets[tile];
       const int count = static_cast<int>(offsets[tile + 1] - start);
-      tg.Load(means2d, conics, opacities, features, flatten_ids + start, count, D, ox, oy, ts);
+      tg.Load(means2d, conics, opacities, features, expert_ids, E, flatten_ids + start, count, D, ox, oy, ts);
       for (int r = 0; r < ts && oy + r < H; ++r) {
         const int y = oy + r;
         const scalar_t pyc = scalar_t(y) + scalar_t(0.5);
         for (int c0 = 0; c0 < ts && ox + c0 < W; c0 += kLanes) {
           const int x0 = ox + c0;
           const int nl = std::min({kLanes, ts - c0, W - x0});
-          // Lane state is kept in scalar_t (masks as 0/1, list positions exactly representable)
-          // so that the lane loops vectorise without mixed-width conversions.
-          scalar_t px[kLanes], T[kLanes], asum[kLanes], w[kLanes], active[kLanes], last[kLanes];
+          scalar_t px[kLanes], w[kLanes];
           for (int l = 0; l < kLanes; ++l) {
             px[l] = scalar_t(x0 + l) + scalar_t(0.5);
-            T[l] = scalar_t(1);
-            asum[l] = scalar_t(0);
-            active[l] = l < nl ? scalar_t(1) : scalar_t(0);
-            last[l] = scalar_t(0);
+          }
+          for (int e = 0; e < E; ++e) {
+            for (int l = 0; l < kLanes; ++l) {
+              T_all[e * kLanes + l] = scalar_t(1);
+              asum_all[e * kLanes + l] = scalar_t(0);
+              active_all[e * kLanes + l] = l < nl ? scalar_t(1) : scalar_t(0);
+              last_all[e * kLanes + l] = scalar_t(0);
+            }
           }
           std::fill(acc.begin(), acc.end(), scalar_t(0));
-          for (int i = 0; i < tg.n; ++i) {
-            if (r < tg.row_lo[i] || r > tg.row_hi[i]) {
-              continue;
-            }
-            const scalar_t gx = tg.mx[i], o = tg.op[i];
-            const scalar_t dy = pyc - tg.my[i];
-            // power = -0.5 (a dx^2 + c dy^2) - b dx dy with the row's dy terms hoisted.
-            const scalar_t ha = scalar_t(-0.5) * tg.ca[i], bdy = tg.cb[i] * dy, cdy = scalar_t(-0.5) * tg.cc[i] * dy * dy;
-            const scalar_t pos = scalar_t(i + 1);
-            scalar_t n_active = 0;
-#pragma omp simd reduction(+ : n_active)
-            for (int l = 0; l < kLanes; ++l) {
-              const scalar_t dx = px[l] - gx;
-              const scalar_t power = ha * dx * dx + cdy - bdy * dx;
-              const scalar_t og = o * ExpNonPositive(std::min(power, scalar_t(0)));
-              const scalar_t alpha = std::min(Lim::kAlphaMax, og);
-              // min(0.99, og) >= 1/255 tested as og >= 1/255 (equivalent; lets gcc vectorise).
-              const bool ok = (active[l] != scalar_t(0)) & (power <= scalar_t(0)) & (og >= Lim::kAlphaMin);
-              const scalar_t test_T = T[l] * (scalar_t(1) - alpha);
-              const bool stop = ok & (test_T < Lim::kTMin);
-              const bool use = ok & !stop;
-              w[l] = use ? alpha * T[l] : scalar_t(0);
-              asum[l] += w[l];
-              T[l] = use ? test_T : T[l];
-              last[l] = use ? pos : last[l];
-              active[l] = stop ? scalar_t(0) : active[l];
-              n_active += active[l];
-            }
-            const scalar_t* f = tg.feat.data() + static_cast<size_t>(i) * D;
-            for (int d = 0; d < D; ++d) {
-              const scalar_t fd = f[d];
-              scalar_t* ad = acc.data() + d * kLanes;
-#pragma omp simd
+          // (expert, lane) pairs that may still take a contribution from this tile's list.
+          int remaining = nl * tg.n_experts_present;
+          for (int i = 0; i < tg.n && remaining > 0; ++i) {
+            const int e = tg.eid[i];
+            scalar_t* const T = T_all + e * kLanes;
+            scalar_t* const active = active_all + e * kLanes;
+            if (r >= tg.row_lo[i] && r <= tg.row_hi[i]) {
+              scalar_t* const asum = asum_all + e * kLanes;
+              scalar_t* const last = last_all + e * kLanes;
+              const scalar_t gx = tg.mx[i], o = tg.op[i];
+              const scalar_t dy = pyc - tg.my[i];
+              // power = -0.5 (a dx^2 + c dy^2) - b dx dy with the row's dy terms hoisted.
+              const scalar_t ha = scalar_t(-0.5) * tg.ca[i], bdy = tg.cb[i] * dy,
+                             cdy = scalar_t(-0.5) * tg.cc[i] * dy * dy;
+              const scalar_t pos = scalar_t(i + 1);
+              scalar_t n_stop = 0;
+#pragma omp simd reduction(+ : n_stop)
               for (int l = 0; l < kLanes; ++l) {
-                ad[l] += w[l] * fd;
+                const scalar_t dx = px[l] - gx;
+                const scalar_t power = ha * dx * dx + cdy - bdy * dx;
+                const scalar_t og = o * ExpNonPositive(std::min(power, scalar_t(0)));
+                const scalar_t alpha = std::min(Lim::kAlphaMax, og);
+                // min(0.99, og) >= 1/255 tested as og >= 1/255 (equivalent; lets gcc vectorise).
+                const bool ok = (active[l] != scalar_t(0)) & (power <= scalar_t(0)) & (og >= Lim::kAlphaMin);
+                const scalar_t test_T = T[l] * (scalar_t(1) - alpha);
+                const bool stop = ok & (test_T < Lim::kTMin);
+                const bool use = ok & !stop;
+                w[l] = use ? alpha * T[l] : scalar_t(0);
+                asum[l] += w[l];
+                T[l] = use ? test_T : T[l];
+                last[l] = use ? pos : last[l];
+                active[l] = stop ? scalar_t(0) : active[l];
+                n_stop += stop ? scalar_t(1) : scalar_t(0);
+              }
+              const scalar_t* f = tg.feat.data() + static_cast<size_t>(i) * D;
+              scalar_t* const acc_e = acc.data() + static_cast<size_t>(e) * D * kLanes;
+              for (int d = 0; d < D; ++d) {
+                const scalar_t fd = f[d];
+                scalar_t* ad = acc_e + d * kLanes;
+#pragma omp simd
+                for (int l = 0; l < kLanes; ++l) {
+                  ad[l] += w[l] * fd;
+                }
+              }
+              remaining -= static_cast<int>(n_stop);
+            }
+            if (tg.last_of_eid[i]) {  // expert e has nothing left in this tile: its active lanes are done
+              for (int l = 0; l < kLanes; ++l) {
+                remaining -= active[l] != scalar_t(0);
               }
             }
-            if (n_active == 0) {
-              break;
-            }
           }
-          for (int l = 0; l < nl; ++l) {
-            const int64_t pix = static_cast<int64_t>(y) * W + x0 + l;
-            for (int d = 0; d < D; ++d) {
-              out[pix * D + d] = acc[d * kLanes + l];
+          for (int e = 0; e < E; ++e) {
+            for (int l = 0; l < nl; ++l) {
+              const int64_t pix = e * HW + static_cast<int64_t>(y) * W + x0 + l;
+              for (int d = 0; d < D; ++d) {
+                out[pix * D + d] = acc[(static_cast<size_t>(e) * D + d) * kLanes + l];
+              }
+              alpha_img[pix] = asum_all[e * kLanes + l];
+              final_T[pix] = T_all[e * kLanes + l];
+              last_img[pix] = static_cast<int32_t>(last_all[e * kLanes + l]);
             }
-            alpha_img[pix] = asum[l];
-            final_T[pix] = T[l];
-            last_img[pix] = static_cast<int32_t>(last[l]);
           }
         }
       }
@@ -222,20 +273,27 @@ constexpr int kPairFixed = 6;
 
 template <typename scalar_t>
 void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar_t* opacities,
-                    const scalar_t* features, const int64_t* offsets, const int64_t* flatten_ids,
-                    const scalar_t* final_T, const int32_t* last_img, const scalar_t* grad_out,
-                    const scalar_t* grad_alpha, int D, int W, int H, int tiles_x, int tiles_y, int ts,
-                    scalar_t* pair_grads) {
+                    const scalar_t* features, const int32_t* expert_ids, int E, const int64_t* offsets,
+                    const int64_t* flatten_ids, const scalar_t* final_T, const int32_t* last_img,
+                    const scalar_t* grad_out, const scalar_t* grad_alpha, int D, int W, int H, int tiles_x,
+                    int tiles_y, int ts, scalar_t* pair_grads) {
   using Lim = Limits<scalar_t>;
   const int n_tiles = tiles_x * tiles_y;
   const int K = kPairFixed + D;
+  const int64_t HW = static_cast<int64_t>(H) * W;
 #pragma omp parallel num_threads(at::get_num_threads())
   {
     TileGaussians<scalar_t> tg;
-    // Per lane: upstream gradient, running "colour behind" (accum) and the
-    // features of the previously visited (next in front-to-back order) Gaussian.
-    std::vector<scalar_t> g_out(static_cast<size_t>(D) * kLanes), accum(static_cast<size_t>(D) * kLanes),
-        last_f(static_cast<size_t>(D) * kLanes);
+    // Per expert and lane: upstream gradient, running "colour behind" (accum) and the
+    // features of the previously visited (next in front-to-back order) Gaussian [E][D][lanes];
+    // transmittance, alpha-image gradient and its running accumulators, last position [E][lanes].
+    const size_t EDL = static_cast<size_t>(E) * D * kLanes;
+    std::vector<scalar_t> g_out_all(EDL), accum_all(EDL), last_f_all(EDL), state(static_cast<size_t>(E) * 5 * kLanes);
+    scalar_t* const T_all = state.data();
+    scalar_t* const g_a_all = T_all + E * kLanes;
+    scalar_t* const accum_a_all = g_a_all + E * kLanes;
+    scalar_t* const last_alpha_all = accum_a_all + E * kLanes;
+    scalar_t* const last_all = last_alpha_all + E * kLanes;
 #pragma omp for schedule(dynamic, 1)
     for (int tile = 0; tile < n_tiles; ++tile) {
       const int ox = (tile % tiles_x) * ts, oy = (tile / tiles_x) * ts;
@@ -244,7 +302,7 @@ void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scala
       if (count == 0) {
         continue;
       }
-      tg.Load(means2d, conics, opacities, features, flatten_ids + start, count, D, ox, oy, ts);
+      tg.Load(means2d, conics, opacities, features, expert_ids, E, flatten_ids + start, count, D, ox, oy, ts);
       scalar_t* tile_grads = pair_grads + start * K;
       for (int r = 0; r < ts && oy + r < H; ++r) {
         const int y = oy + r;
@@ -252,29 +310,40 @@ void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scala
         for (int c0 = 0; c0 < ts && ox + c0 < W; c0 += kLanes) {
           const int x0 = ox + c0;
           const int nl = std::min({kLanes, ts - c0, W - x0});
-          scalar_t px[kLanes], T[kLanes], g_a[kLanes], accum_a[kLanes], last_alpha[kLanes];
-          scalar_t ok_v[kLanes], alpha_v[kLanes], g_v[kLanes], w[kLanes], dl_dalpha[kLanes], last[kLanes];
+          scalar_t px[kLanes], ok_v[kLanes], alpha_v[kLanes], g_v[kLanes], w[kLanes], dl_dalpha[kLanes];
           int max_last = 0;
           for (int l = 0; l < kLanes; ++l) {
-            const bool in = l < nl;
-            const int64_t pix = static_cast<int64_t>(y) * W + x0 + (in ? l : 0);
             px[l] = scalar_t(x0 + l) + scalar_t(0.5);
-            T[l] = in ? final_T[pix] : scalar_t(1);
-            last[l] = in ? scalar_t(last_img[pix]) : scalar_t(0);
-            g_a[l] = in ? grad_alpha[pix] : scalar_t(0);
-            accum_a[l] = scalar_t(0);
-            last_alpha[l] = scalar_t(0);
-            for (int d = 0; d < D; ++d) {
-              g_out[d * kLanes + l] = in ? grad_out[pix * D + d] : scalar_t(0);
-              accum[d * kLanes + l] = scalar_t(0);
-              last_f[d * kLanes + l] = scalar_t(0);
+          }
+          for (int e = 0; e < E; ++e) {
+            for (int l = 0; l < kLanes; ++l) {
+              const bool in = l < nl;
+              const int64_t pix = e * HW + static_cast<int64_t>(y) * W + x0 + (in ? l : 0);
+              const int el = e * kLanes + l;
+              T_all[el] = in ? final_T[pix] : scalar_t(1);
+              last_all[el] = in ? scalar_t(last_img[pix]) : scalar_t(0);
+              g_a_all[el] = in ? grad_alpha[pix] : scalar_t(0);
+              accum_a_all[el] = scalar_t(0);
+              last_alpha_all[el] = scalar_t(0);
+              for (int d = 0; d < D; ++d) {
+                const size_t edl = (static_cast<size_t>(e) * D + d) * kLanes + l;
+                g_out_all[edl] = in ? grad_out[pix * D + d] : scalar_t(0);
+                accum_all[edl] = scalar_t(0);
+                last_f_all[edl] = scalar_t(0);
+              }
+              max_last = std::max(max_last, in ? last_img[pix] : 0);
             }
-            max_last = std::max(max_last, in ? last_img[pix] : 0);
           }
           for (int i = max_last - 1; i >= 0; --i) {
             if (r < tg.row_lo[i] || r > tg.row_hi[i]) {
               continue;
             }
+            const int e = tg.eid[i];
+            scalar_t* const T = T_all + e * kLanes;
+            scalar_t* const accum_a = accum_a_all + e * kLanes;
+            scalar_t* const last_alpha = last_alpha_all + e * kLanes;
+            const scalar_t* const g_a = g_a_all + e * kLanes;
+            const scalar_t* const last = last_all + e * kLanes;
             const scalar_t gx = tg.mx[i], a = tg.ca[i], b = tg.cb[i], c = tg.cc[i], o = tg.op[i];
             const scalar_t dy = pyc - tg.my[i];
             const scalar_t ha = scalar_t(-0.5) * a, bdy = b * dy, cdy = scalar_t(-0.5) * c * dy * dy;
@@ -304,11 +373,12 @@ void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scala
             }
             const scalar_t* f = tg.feat.data() + static_cast<size_t>(i) * D;
             scalar_t* pg = tile_grads + static_cast<int64_t>(i) * K;
+            const size_t e_off = static_cast<size_t>(e) * D * kLanes;
             for (int d = 0; d < D; ++d) {
               const scalar_t fd = f[d];
-              scalar_t* acc_d = accum.data() + d * kLanes;
-              scalar_t* lf_d = last_f.data() + d * kLanes;
-              const scalar_t* go_d = g_out.data() + d * kLanes;
+              scalar_t* acc_d = accum_all.data() + e_off + d * kLanes;
+              scalar_t* lf_d = last_f_all.data() + e_off + d * kLanes;
+              const scalar_t* go_d = g_out_all.data() + e_off + d * kLanes;
               scalar_t g_f = 0;
 #pragma omp simd reduction(+ : g_f)
               for (int l = 0; l < kLanes; ++l) {
@@ -356,6 +426,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwardCpu(
     const at::Tensor& conics,
     const at::Tensor& opacities,
     const at::Tensor& features,
+    const at::Tensor& expert_ids,
+    int64_t num_experts,
     const at::Tensor& offsets,
     const at::Tensor& flatten_ids,
     int64_t width,
@@ -363,18 +435,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwardCpu(
     int64_t tiles_x,
     int64_t tiles_y,
     int64_t tile_size) {
-  const int64_t D = features.size(1);
-  auto out = at::zeros({height, width, D}, features.options());
-  auto alpha = at::zeros({height, width}, features.options());
-  auto final_T = at::ones({height, width}, features.options());
-  auto last = at::zeros({height, width}, features.options().dtype(at::kInt));
+  const int64_t D = features.size(1), E = num_experts;
+  auto out = at::zeros({E, height, width, D}, features.options());
+  auto alpha = at::zeros({E, height, width}, features.options());
+  auto final_T = at::ones({E, height, width}, features.options());
+  auto last = at::zeros({E, height, width}, features.options().dtype(at::kInt));
+  const int32_t* eids = expert_ids.numel() ? expert_ids.data_ptr<int32_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "composite_forward_cpu", [&] {
     ForwardKernel<scalar_t>(means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
-                            opacities.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(),
-                            offsets.data_ptr<int64_t>(), flatten_ids.data_ptr<int64_t>(), static_cast<int>(D),
-                            static_cast<int>(width), static_cast<int>(height), static_cast<int>(tiles_x),
-                            static_cast<int>(tiles_y), static_cast<int>(tile_size), out.data_ptr<scalar_t>(),
-                            alpha.data_ptr<scalar_t>(), final_T.data_ptr<scalar_t>(), last.data_ptr<int32_t>());
+                            opacities.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(), eids,
+                            static_cast<int>(E), offsets.data_ptr<int64_t>(), flatten_ids.data_ptr<int64_t>(),
+                            static_cast<int>(D), static_cast<int>(width), static_cast<int>(height),
+                            static_cast<int>(tiles_x), static_cast<int>(tiles_y), static_cast<int>(tile_size),
+                            out.data_ptr<scalar_t>(), alpha.data_ptr<scalar_t>(), final_T.data_ptr<scalar_t>(),
+                            last.data_ptr<int32_t>());
   });
   return {out, alpha, final_T, last};
 }
@@ -384,6 +458,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeBackwardCpu(
     const at::Tensor& conics,
     const at::Tensor& opacities,
     const at::Tensor& features,
+    const at::Tensor& expert_ids,
+    int64_t num_experts,
     const at::Tensor& offsets,
     const at::Tensor& flatten_ids,
     const at::Tensor& final_T,
@@ -402,11 +478,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeBackwardCpu(
   auto g_conics = at::zeros({N, 3}, features.options());
   auto g_opac = at::zeros({N}, features.options());
   auto g_feat = at::zeros({N, D}, features.options());
+  const int32_t* eids = expert_ids.numel() ? expert_ids.data_ptr<int32_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "composite_backward_cpu", [&] {
     BackwardKernel<scalar_t>(means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
-                             opacities.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(),
-                             offsets.data_ptr<int64_t>(), flatten_ids.data_ptr<int64_t>(),
-                             final_T.data_ptr<scalar_t>(), last.data_ptr<int32_t>(),
+                             opacities.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(), eids,
+                             static_cast<int>(num_experts), offsets.data_ptr<int64_t>(),
+                             flatten_ids.data_ptr<int64_t>(), final_T.data_ptr<scalar_t>(), last.data_ptr<int32_t>(),
                              grad_features_img.data_ptr<scalar_t>(), grad_alpha_img.data_ptr<scalar_t>(),
                              static_cast<int>(D), static_cast<int>(width), static_cast<int>(height),
                              static_cast<int>(tiles_x), static_cast<int>(tiles_y), static_cast<int>(tile_size),
