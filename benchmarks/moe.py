@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from moegs.data import load_scene  # noqa: E402
 from moegs.moe import MoEConfig, evaluate_mixture, load_mixture, train_mixture  # noqa: E402
 from moegs.moe.ablation import DESCRIPTIONS, format_table, run_ablation  # noqa: E402
-from moegs.moe.distill import distill  # noqa: E402
+from moegs.moe.distill import distill, finetune  # noqa: E402
 from moegs.moe.prune import gate_prune  # noqa: E402
 from moegs.moe.viz import render_weight_video, save_weight_figure, usage_histogram  # noqa: E402
 from moegs.train import TrainConfig  # noqa: E402
@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--downscale", type=float, default=None, help="image downscale of the scene")
     p.add_argument("--prune-threshold", type=float, default=0.05,
                    help="contribution to the blended image (pixels) under which Gaussians go")
-    p.add_argument("--student", default=None, help="expert distilled from the mixture (default: the best one)")
-    p.add_argument("--distill-steps", type=int, default=None, help="student steps (default: --expert-steps)")
+    p.add_argument("--student", default=None, help="expert fine-tuned from the mixture (default: the best one)")
+    p.add_argument("--distill-steps", type=int, default=None, help="fine-tuning steps (default: --expert-steps / 3)")
     p.add_argument("--no-ablation", action="store_true", help="skip the router ablation")
     p.add_argument("--synthetic-size", type=int, nargs=2, default=(96, 72), metavar=("W", "H"))
     p.add_argument("--synthetic-frames", type=int, default=12)
@@ -173,19 +173,21 @@ def main(argv: list[str] | None = None) -> dict:
         mixture, _ = load_mixture(out / "mixture" / "checkpoints" / "last.pt")  # distil the unpruned mixture
 
     # -------------------------------------------------------- distillation
-    student = args.student or summary["best_expert"].split("#")[0]
-    steps = args.distill_steps or args.expert_steps
-    print(f"\ndistilling the mixture into {student} ({steps} steps)", flush=True)
-    _, dres = distill(mixture, student, scene, steps, TrainConfig(eval_at_end=False, data=moe_cfg.data))
-    ref = evals.get(student)  # the same expert trained on the images, when it is one of the mixture's
-    drow = [{"model": f"{student} distilled from mixture", "test_psnr": dres["psnr"], "test_ssim": dres["ssim"],
-             "gaussians": dres["num_gaussians"], "fps": dres["render_fps"]}]
-    if ref is not None:
-        drow.append({"model": f"{student} trained on images", "test_psnr": ref["psnr"], "test_ssim": ref["ssim"],
-                     "gaussians": ref["num_gaussians"], "fps": ref["render_fps"]})
-    drow.append({"model": "mixture (teacher)", "test_psnr": evals["mixture"]["psnr"],
-                 "test_ssim": evals["mixture"]["ssim"], "gaussians": sum(evals["mixture"]["num_gaussians"]),
-                 "fps": fps_rows[0]["fps"]})
+    student = args.student or summary["best_expert"]
+    k = names.index(student)
+    steps = args.distill_steps or args.expert_steps // 3
+    tcfg = TrainConfig(eval_at_end=False, data=moe_cfg.data)
+    print(f"\ndistilling the mixture into its {student} expert ({steps} fine-tuning steps)", flush=True)
+    _, dres = distill(mixture, k, scene, steps, tcfg)
+    _, fres = finetune(mixture.experts[k], scene, steps, tcfg)
+    drow = [{"model": f"{student} fine-tuned with the router-masked loss", "test_psnr": dres["psnr"],
+             "test_ssim": dres["ssim"], "gaussians": dres["num_gaussians"], "fps": dres["render_fps"]},
+            {"model": f"{student} fine-tuned on the images alone", "test_psnr": fres["psnr"], "test_ssim": fres["ssim"],
+             "gaussians": fres["num_gaussians"], "fps": fres["render_fps"]},
+            {"model": f"{student} as trained", "test_psnr": evals[student]["psnr"], "test_ssim": evals[student]["ssim"],
+             "gaussians": evals[student]["num_gaussians"], "fps": evals[student]["render_fps"]},
+            {"model": "mixture (teacher)", "test_psnr": evals["mixture"]["psnr"], "test_ssim": evals["mixture"]["ssim"],
+             "gaussians": sum(evals["mixture"]["num_gaussians"]), "fps": fps_rows[0]["fps"]}]
     print("\n== distillation (test views) ==")
     print(format_table(drow))
     results["distillation"] = drow

@@ -17,7 +17,8 @@ import torch
 from . import io
 from .data import DataConfig, Scene, load_scene
 from .experts import ExpertConfig, expert_config
-from .moe import MoEConfig, load_mixture, train_mixture
+from .moe import MoEConfig, load_mixture, oracle_headroom, train_mixture
+from .moe.build import spaced_views
 from .moe.viz import render_weight_video, save_weight_figure, usage_histogram
 from .train import TrainConfig
 from .train.run import train_expert
@@ -126,7 +127,16 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
     for r in table:
         lines.append("| " + " | ".join(_fmt(r[k]) for k in ("model", "test_psnr", "test_ssim", "test_lpips", "fps",
                                                               "gaussians", "size_mb", "train_s")) + " |")
+    head = {split: oracle_headroom(mixture, scene, views) for split, views in
+            (("test", scene.test_views), ("train", spaced_views(scene.train_views, len(scene.test_views))))}
     lines += ["", f"Mixture vs best single expert ({best}): {gain:+.2f} dB test PSNR.", "",
+              "Per-pixel oracle (at each pixel the expert closest to the ground truth) and the share of its "
+              "headroom over the best expert the router realises:", "",
+              "| views | mixture PSNR | best expert PSNR | oracle PSNR | headroom realised |", "|---|---|---|---|---|"]
+    for split, h in head.items():
+        lines.append(f"| {split} ({len(scene.test_views)}) | {h['mixture_psnr']:.2f} | {max(h['expert_psnr']):.2f} | "
+                     f"{h['oracle_psnr']:.2f} | {100 * h['realised']:.0f} % |")
+    lines += ["",
               "Mean per-pixel weight of each expert on the test views: "
               + ", ".join(f"{n} {u:.2f}" for n, u in zip(mixture.names, usage["usage"])), "",
               "![usage](figures/usage.png)", ""]
@@ -138,7 +148,7 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
         lines.append(f"_{lpips_note}_")
     text = "\n".join(lines) + "\n"
     io.write_text(out / "report.md", text)
-    return {"table": table, "best_expert": best, "gain_over_best_db": gain, "usage": usage["usage"],
+    return {"table": table, "best_expert": best, "gain_over_best_db": gain, "usage": usage["usage"], "oracle": head,
             "figures": figures, "video": video.relative_to(out).as_posix()}
 
 

@@ -1,4 +1,4 @@
-"""The router ablation: the five router variants trained the same way on one scene, one table.
+"""The router ablation: the router variants trained the same way on one scene, one table.
 
 Every variant goes through :func:`~moegs.moe.run.train_mixture` with the same
 experts, steps and seed; only ``MoEConfig.router`` differs (the uniform average
@@ -24,6 +24,7 @@ DESCRIPTIONS = {
     "pixel_rgb": "pixel router on rendered RGB (no gates)",
     "gates": "Gaussian gates, no pixel decoder",
     "full": "volume-aware pixel router (gates + decoder)",
+    "published": "published router (3-channel gates, shared per-expert decoder)",
 }
 
 

@@ -15,7 +15,7 @@ from .gates import build_gate
 from .mixture import Mixture
 from .router import GATED, Router, prior_logits
 
-__all__ = ["build_mixture", "expert_meta"]
+__all__ = ["build_mixture", "expert_meta", "router_from_config", "spaced_views"]
 
 
 def expert_meta(expert: nn.Module, scene_meta: dict, source: str | None = None, steps: int = 0) -> dict:
@@ -28,7 +28,16 @@ def expert_meta(expert: nn.Module, scene_meta: dict, source: str | None = None, 
             "source": source, "steps": int(steps)}
 
 
-def _spaced(views: list[View], n: int) -> list[View]:
+def router_from_config(config: MoEConfig, num_experts: int, prior: torch.Tensor | None = None) -> Router:
+    """The :class:`Router` ``config`` describes, for ``num_experts`` experts, started from ``prior`` logits."""
+    return Router(config.router, num_experts, temperature=config.temperature, prior=prior, hidden=config.hidden,
+                  layers=config.layers, time_freqs=config.time_freqs, view_inputs=config.router_view,
+                  ray_jitter=config.ray_jitter, view_dropout=config.view_dropout,
+                  gate_background=config.gate_background)
+
+
+def spaced_views(views: list[View], n: int) -> list[View]:
+    """``n`` of ``views``, evenly spaced (all of them when ``n >= len(views)``)."""
     if n >= len(views):
         return list(views)
     return [views[round(i * (len(views) - 1) / max(1, n - 1))] for i in range(n)]
@@ -59,18 +68,23 @@ def build_mixture(experts: list[nn.Module], scene: Scene, config: MoEConfig,
     K = len(experts)
     for e in experts:
         e.to(device)
-    losses = (_expert_losses(experts, scene, _spaced(scene.train_views, config.prior_views), config, device)
+    losses = (_expert_losses(experts, scene, spaced_views(scene.train_views, config.prior_views), config, device)
               if config.router != "uniform" and config.prior_weight > 1.0 / K else [])
     best = min(range(K), key=lambda k: losses[k]) if losses else None
     prior = prior_logits(K, best, config.prior_weight)
     gates = None
     if config.router in GATED:
-        # "gates" normalises the gate maps directly: its prior is carried by the gates' initial values.
-        p = torch.softmax(prior, 0) if config.router == "gates" else prior.new_full((K,), 0.5)
-        gates = [build_gate(config.gate, e.splats["means"].shape[0], extent=scene.extent, init=float(p[k]),
+        # "gates" normalises the gate maps directly and "published" adds them to its logits: their prior
+        # is carried by the gates' initial values.
+        if config.router == "gates":
+            p = torch.softmax(prior, 0)
+        elif config.router == "published":
+            p = config.gate_init + prior * config.temperature
+        else:
+            p = prior.new_full((K,), 0.5)
+        gates = [build_gate(config.gate_kind, e.splats["means"].shape[0], extent=scene.extent, init=float(p[k]),
                             feature_dim=config.gate_feature_dim, hidden=config.gate_hidden,
                             time_freqs=config.time_freqs) for k, e in enumerate(experts)]
-    router = Router(config.router, K, temperature=config.temperature, prior=prior * config.temperature,
-                    hidden=config.hidden, layers=config.layers, time_freqs=config.time_freqs)
+    router = router_from_config(config, K, prior=prior * config.temperature)
     mixture = Mixture(experts, router, gates, scene.background, config.backend).to(device)
     return mixture, {"expert_train_losses": losses, "prior_expert": best}

@@ -11,9 +11,10 @@ from ..errors import CheckpointError
 from ..train.checkpoint import expert_from_payload, load_checkpoint
 from ..train.config import from_dict, to_dict
 from .config import MoEConfig
+from .build import router_from_config
 from .gates import build_gate
 from .mixture import Mixture
-from .router import GATED, Router
+from .router import GATED
 
 __all__ = ["FORMAT", "save_mixture", "load_mixture"]
 
@@ -49,11 +50,10 @@ def load_mixture(path: str | Path, device: torch.device | str = "cpu") -> tuple[
         K = len(experts)
         gates = None
         if config.router in GATED:
-            gates = [build_gate(config.gate, e.splats["means"].shape[0], extent=payload["experts"][k]["scene_meta"]
+            gates = [build_gate(config.gate_kind, e.splats["means"].shape[0], extent=payload["experts"][k]["scene_meta"]
                                 ["extent"], feature_dim=config.gate_feature_dim, hidden=config.gate_hidden,
                                 time_freqs=config.time_freqs) for k, e in enumerate(experts)]
-        router = Router(config.router, K, temperature=config.temperature, hidden=config.hidden,
-                        layers=config.layers, time_freqs=config.time_freqs)
+        router = router_from_config(config, K)
         mixture = Mixture(experts, router, gates, model["background"], config.backend)
         mixture.load_state_dict(model)
     except CheckpointError:

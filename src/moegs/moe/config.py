@@ -7,20 +7,37 @@ from dataclasses import dataclass, field
 from ..data.config import DataConfig
 from ..errors import ConfigError
 from ..experts import ExpertConfig
-from .gates import GateKind
-from .router import ROUTERS, RouterKind
+from .gates import GATES, GateKind
+from .router import ROUTERS, VIEW_INPUTS, RouterKind
 
-__all__ = ["MoEConfig"]
+__all__ = ["MoEConfig", "published_config"]
 
 
 @dataclass
 class MoEConfig:
     """A mixture of experts trained on one scene (stages 2 and 3)."""
 
-    # Router variant: uniform, image, pixel_rgb, gates or full (see moegs.moe.router).
+    # Router variant: uniform, image, pixel_rgb, gates, full or published (see moegs.moe.router).
     router: RouterKind = "full"
-    # Gaussian gate: linear (static logit + linear-in-time term) or mlp (network of position, time, features).
+    # Gaussian gate: linear (static logit + linear-in-time term) or mlp (network of position, time, features);
+    # the published router always uses its own three-channel gate (moegs.moe.gates.PublishedGate).
     gate: GateKind = "linear"
+    # Published gate: initial value of its w and v channels (the authors' init_mixprob).
+    gate_init: float = 0.9
+    # Published router: value the splatted gate maps are composited over (the authors' white background).
+    gate_background: float = 1.0
+    # Ray encoding the router's decoder sees: origin_dir (origin + direction), dir, none; unset: the
+    # variant's own (origin_dir for published, dir for the others).
+    router_view: str | None = None
+    # Training only: std of the Gaussian noise added to the decoder's ray directions (0: off).
+    ray_jitter: float = 0.0
+    # Training only: dropout probability of the decoder's view channels (0: off).
+    view_dropout: float = 0.0
+    # Weight of the total variation of the weight maps, mean |w(p) - w(p')| over neighbouring pixels (0: off).
+    tv_weight: float = 0.0
+    # Weight of the mean per-pixel entropy of the weights, -sum_k w_k log w_k (0: off; > 0 favours one
+    # expert per pixel).
+    entropy_weight: float = 0.0
     # How the scene is read.
     data: DataConfig = field(default_factory=DataConfig)
     # Stage 2 steps (experts frozen; one view per step).
@@ -74,13 +91,39 @@ class MoEConfig:
     eval_at_end: bool = True
     eval_experts: bool = True
 
+    @property
+    def gate_kind(self) -> str:
+        """The gate the experts carry: ``"published"`` for the published router, else :attr:`gate`."""
+        return "published" if self.router == "published" else self.gate
+
     def check(self) -> None:
         """Raise :class:`ConfigError` on values no run can use."""
         if self.router not in ROUTERS:
             raise ConfigError(f"unknown router {self.router!r}; choose from {', '.join(ROUTERS)}")
-        if self.gate not in ("linear", "mlp"):
-            raise ConfigError(f"unknown gate {self.gate!r}; choose from linear, mlp")
+        if self.gate not in GATES:
+            raise ConfigError(f"unknown gate {self.gate!r}; choose from {', '.join(GATES)}")
+        if self.gate == "published" and self.router != "published":
+            raise ConfigError("the published gate goes with router=published")
+        if self.router_view is not None and self.router_view not in VIEW_INPUTS:
+            raise ConfigError(f"unknown router_view {self.router_view!r}; choose from {', '.join(VIEW_INPUTS)}")
+        if not 0 <= self.view_dropout < 1:
+            raise ConfigError("view_dropout must be in [0, 1)")
+        if min(self.ray_jitter, self.tv_weight, self.entropy_weight) < 0:
+            raise ConfigError("ray_jitter, tv_weight and entropy_weight must be >= 0")
         if self.steps < 0 or self.joint_steps < 0:
             raise ConfigError("steps and joint_steps must be >= 0")
         if self.temperature <= 0 or (self.temperature_final is not None and self.temperature_final <= 0):
             raise ConfigError("temperatures must be positive")
+
+
+def published_config(**overrides) -> MoEConfig:
+    """The authors' router settings: ``router="published"``, training temperature 0.01, gate learning
+    rate 1e-3 (their ``featuret_lr``), decoder 1e-4 (their ``rgb_lr``, constant), uniform start.
+
+    Not reproduced: their RAdam optimiser (Adam here) and the decay of the ``w``/``v`` learning rate to
+    1 % over 10k steps (constant here; the runs are far shorter). ``overrides`` set any other field.
+    """
+    cfg = dict(router="published", temperature=0.01, lr_gates=1e-3, lr_router=1e-4, lr_router_final=None,
+               prior_weight=0.0)
+    cfg.update(overrides)
+    return MoEConfig(**cfg)

@@ -1,17 +1,68 @@
-"""Evaluation of a mixture on held-out views: image metrics plus how the router uses its experts."""
+"""Evaluation of a mixture on held-out views: image metrics, how the router uses its experts, and how
+much of the per-pixel oracle's headroom over the best expert the router realises."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..data import Scene, View
 from ..eval import evaluate_renderer
+from ..eval.metrics import psnr
 from .mixture import Mixture
 
-__all__ = ["evaluate_mixture"]
+__all__ = ["evaluate_mixture", "oracle_image", "oracle_headroom"]
+
+
+def oracle_image(expert_colors: Tensor, target: Tensor) -> Tensor:
+    """The per-pixel oracle: at every pixel the expert closest to ``target``.
+
+    Args:
+        expert_colors: ``[K, H, W, 3]`` each expert's render (compared clamped to ``[0, 1]``).
+        target: ``[H, W, 3]`` the ground truth.
+
+    Returns:
+        ``[H, W, 3]``: each pixel taken from the expert with the smallest squared error there.
+    """
+    if expert_colors.ndim != 4 or expert_colors.shape[1:] != target.shape:
+        raise ValueError(f"expert colours {tuple(expert_colors.shape)} do not match the target {tuple(target.shape)}")
+    c = expert_colors.clamp(0, 1)
+    best = ((c - target) ** 2).sum(-1).argmin(0)  # [H, W]
+    return torch.gather(c, 0, best[None, ..., None].expand(1, *target.shape))[0]
+
+
+@torch.no_grad()
+def oracle_headroom(mixture: Mixture, scene: Scene, views: list[View]) -> dict:
+    """The mixture, each expert and the per-pixel oracle (:func:`oracle_image`) on ``views``.
+
+    PSNRs are means over the views of each view's PSNR (as :func:`~moegs.eval.evaluate_renderer`).
+
+    Returns:
+        ``mixture_psnr``, ``expert_psnr`` ``[K]``, ``best_expert`` (index of the highest mean),
+        ``oracle_psnr``, ``gain_db`` (mixture - best expert) and ``realised``: the fraction of the
+        oracle's headroom the mixture reaches, ``gain_db / (oracle_psnr - best expert)``.
+    """
+    rows = []
+    was_training = mixture.training
+    mixture.eval()
+    try:
+        for v in views:
+            out = mixture.render(v)
+            gt = scene.image(v).to(out.color.device)
+            rows.append([psnr(out.color, gt), psnr(oracle_image(out.expert_colors, gt), gt)]
+                        + [psnr(c, gt) for c in out.expert_colors])
+    finally:
+        mixture.train(was_training)
+    m = np.mean(np.array(rows, dtype=np.float64), axis=0)
+    experts = [float(x) for x in m[2:]]
+    best = int(np.argmax(experts))
+    gain = float(m[0]) - experts[best]
+    room = float(m[1]) - experts[best]
+    return {"mixture_psnr": float(m[0]), "expert_psnr": experts, "best_expert": best, "oracle_psnr": float(m[1]),
+            "gain_db": gain, "realised": gain / room if room > 1e-9 else float("nan")}
 
 
 @torch.no_grad()

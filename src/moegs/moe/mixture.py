@@ -1,15 +1,21 @@
 """The mixture: K experts, their Gaussian gates and a router, rendered as one image.
 
-For a camera at time ``t`` each expert ``k`` is rasterized once, its gate values
-splatted as an extra channel with exactly the colour's compositing weights
-(``m_k(p) = sum_i T_i alpha_i g_i``, volume-aware); the router turns the
-stacked maps (or, for the ablations, the experts' colours, or nothing) into
-per-pixel weights ``w [H, W, K]`` summing to one, and
-``I(p) = sum_k w_k(p) I_k(p)``.
+For a camera at time ``t`` all experts are rasterized in one pass
+(:func:`moegs.render.prepare_experts` / :func:`~moegs.render.composite_experts`: one projection,
+one depth sort, one transmittance per expert and pixel), each expert's gate values splatted as
+extra channels with exactly its colour's compositing weights (``m_k(p) = sum_i T_i alpha_i g_i``,
+volume-aware); the router turns the stacked maps (or, for the ablations, the experts' colours, or
+nothing) into per-pixel weights ``w [H, W, K]`` summing to one, and ``I(p) = sum_k w_k(p) I_k(p)``.
+
+With frozen experts (stage 2) everything the gates do not change - the experts' Gaussians at the
+view's time, their projection, colours and tile bins - is kept in a cache bounded by
+``cache_mb`` and reused whenever the same view comes back; it is cleared when the experts are
+unfrozen and never serves experts whose parameters changed.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +23,8 @@ from torch import Tensor, nn
 
 from ..cameras import Camera
 from ..data import View
+from ..gaussians import GaussianSet, concat_sets
+from ..render import PreparedExperts, composite_experts, prepare_experts
 from .router import Router, RouterInputs
 
 __all__ = ["Mixture", "MixtureOutput"]
@@ -31,8 +39,11 @@ class MixtureOutput:
         weights: ``[H, W, K]`` per-pixel expert weights (sum to one over ``K``).
         expert_colors: ``[K, H, W, 3]`` each expert's render (over the background).
         logits: ``[H, W, K]`` router logits before the temperature.
-        gate_maps: ``[H, W, K]`` splatted gates, ``None`` for routers without gates.
-        metas: each expert's rasterizer ``meta`` (``means2d``, ``radii``, ...).
+        gate_maps: ``[H, W, K, C]`` splatted gates, ``None`` for routers without gates.
+        alphas: ``[K, H, W]`` each expert's accumulated opacity.
+        extra_maps: ``[K, H, W, C']`` the ``extra`` channels passed to :meth:`Mixture.render`, splatted
+            with each expert's weights (``None`` without ``extra``).
+        meta: the rasterizer's ``meta`` of the concatenated experts (``means2d``, ``radii``, ``expert_ids``, ...).
     """
 
     color: Tensor
@@ -40,7 +51,9 @@ class MixtureOutput:
     expert_colors: Tensor
     logits: Tensor
     gate_maps: Tensor | None = None
-    metas: list[dict] = field(default_factory=list)
+    alphas: Tensor | None = None
+    extra_maps: Tensor | None = None
+    meta: dict = field(default_factory=dict)
 
 
 class Mixture(nn.Module):
@@ -52,10 +65,14 @@ class Mixture(nn.Module):
         gates: one gate per expert (``moegs.moe.gates``), required when ``router.uses_gates``.
         background: ``[3]`` colour behind every expert.
         backend: rasterizer backend.
+        single_pass: render all experts in one rasterizer pass (``False``: one pass per expert, the
+            reference the single pass equals).
+        cache_mb: memory budget (MB) of the frozen-expert render cache (0: off).
     """
 
     def __init__(self, experts: list[nn.Module], router: Router, gates: list[nn.Module] | None = None,
-                 background: Tensor | None = None, backend: str = "auto") -> None:
+                 background: Tensor | None = None, backend: str = "auto", *, single_pass: bool = True,
+                 cache_mb: float = 512.0) -> None:
         super().__init__()
         if len(experts) < 1:
             raise ValueError("a mixture needs at least one expert")
@@ -73,6 +90,10 @@ class Mixture(nn.Module):
         self.router = router
         self.register_buffer("background", torch.zeros(3) if background is None else background.float().clone())
         self.backend = backend
+        self.single_pass = single_pass
+        self.cache_mb = float(cache_mb)
+        self._cache: OrderedDict[tuple, tuple[PreparedExperts, list[GaussianSet], int]] = OrderedDict()
+        self._cache_bytes = 0
 
     @property
     def num_experts(self) -> int:
@@ -88,25 +109,90 @@ class Mixture(nn.Module):
         """Freeze (stage 2) or unfreeze (stage 3) every expert parameter."""
         for e in self.experts:
             e.requires_grad_(trainable)
+        self.clear_cache()
 
-    def render_expert(self, k: int, camera: Camera, t: float):
-        """Expert ``k`` alone at ``(camera, t)``: its :class:`~moegs.render.RenderOutput` (gate splatted
-        into ``extras[..., 0]`` when the router uses gates)."""
+    def clear_cache(self) -> None:
+        """Drop every cached frozen-expert render (also done whenever the experts change)."""
+        self._cache.clear()
+        self._cache_bytes = 0
+
+    def render_expert(self, k: int, camera: Camera, t: float, extra: Tensor | None = None):
+        """Expert ``k`` alone at ``(camera, t)``: its :class:`~moegs.render.RenderOutput` (the gate's
+        ``[N, C]`` values splatted into ``extras`` when the router uses gates, then ``extra`` ``[N, C']``)."""
         camera = camera.to(self.background.device)
         gs = self.experts[k].gaussians_at(t)
-        extras = self.gates[k](gs, t)[:, None] if self.router.uses_gates else None
-        return gs.render(camera, extras=extras, background=self.background, backend=self.backend)
+        ch = ([self.gates[k](gs, t)] if self.router.uses_gates else []) + ([extra] if extra is not None else [])
+        return gs.render(camera, extras=torch.cat(ch, dim=1) if ch else None, background=self.background,
+                         backend=self.backend)
 
-    def render(self, view: View | Camera, t: float | None = None) -> MixtureOutput:
-        """Render the mixture for a view (its camera and time) or a camera at ``t`` (default ``camera.time``)."""
+    def _cache_key(self, camera: Camera, t: float) -> tuple | None:
+        """Key of a cacheable render (experts frozen, cache on), ``None`` otherwise. It holds the camera
+        and every expert tensor's identity and version, so a changed expert never hits."""
+        params = list(self.experts.parameters())
+        if self.cache_mb <= 0 or (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
+            return None
+        state = tuple((p.data_ptr(), p._version, tuple(p.shape)) for p in (*params, *self.experts.buffers()))
+        cam = (tuple(camera.world_to_camera.flatten().tolist()), camera.fx, camera.fy, camera.cx, camera.cy,
+               camera.width, camera.height, camera.near, camera.far)
+        return cam, t, tuple(int(e.sh_degree) for e in self.experts), state
+
+    def prepare(self, camera: Camera, t: float) -> tuple[PreparedExperts, list[GaussianSet]]:
+        """The experts' Gaussians at ``t`` and their projection, colours and tile bins for ``camera``
+        (from the cache when the experts are frozen and the view was seen)."""
+        key = self._cache_key(camera, t)
+        if key is not None and key in self._cache:
+            self._cache.move_to_end(key)
+            prep, sets, _ = self._cache[key]
+            return prep, sets
+        sets = [e.gaussians_at(t) for e in self.experts]
+        gs = concat_sets(sets)
+        ids = torch.repeat_interleave(torch.arange(len(sets), device=gs.means.device),
+                                      torch.tensor([len(s) for s in sets], device=gs.means.device))
+        prep = prepare_experts(gs.means, gs.quats, gs.log_scales, gs.opacity_logits, gs.colors, ids,
+                               self.num_experts, camera, sh_degree=gs.sh_degree, backend=self.backend)
+        if key is not None:
+            prep, sets = prep.detach(), [s.detach() for s in sets]
+            size = prep.nbytes() + sum(s.nbytes() for s in sets)
+            if size <= self.cache_mb * 2**20:
+                self._cache[key] = (prep, sets, size)
+                self._cache_bytes += size
+                while self._cache_bytes > self.cache_mb * 2**20:
+                    self._cache_bytes -= self._cache.popitem(last=False)[1][2]
+        return prep, sets
+
+    def render(self, view: View | Camera, t: float | None = None, *, extra: Tensor | None = None) -> MixtureOutput:
+        """Render the mixture for a view (its camera and time) or a camera at ``t`` (default ``camera.time``).
+
+        Args:
+            extra: ``[N_1 + ... + N_K, C']`` further per-Gaussian channels (experts' Gaussians in order),
+                splatted with each expert's weights into ``MixtureOutput.extra_maps``.
+        """
         camera = view.camera if isinstance(view, View) else view
         t = float(camera.time if t is None else t)
         camera = camera.to(self.background.device)
-        outs = [self.render_expert(k, camera, t) for k in range(self.num_experts)]
-        colors = torch.stack([o.color for o in outs])  # [K, H, W, 3]
-        gate_maps = torch.cat([o.extras for o in outs], dim=-1) if self.router.uses_gates else None  # [H, W, K]
+        if self.single_pass:
+            prep, sets = self.prepare(camera, t)
+            channels = [torch.cat([g(s, t) for g, s in zip(self.gates, sets)])] if self.router.uses_gates else []
+            C = channels[0].shape[1] if channels else 0
+            if extra is not None:
+                channels.append(extra.to(prep.rgb))
+            out = composite_experts(prep, extras=torch.cat(channels, dim=1) if channels else None,
+                                    background=self.background)
+            colors, alphas, meta = out.color, out.alpha, out.meta
+            gate_maps = out.extras[..., :C].permute(1, 2, 0, 3) if self.router.uses_gates else None  # [H, W, K, C]
+            extra_maps = out.extras[..., C:] if extra is not None else None
+        else:
+            sizes = [e.splats["means"].shape[0] for e in self.experts]
+            parts = extra.split(sizes) if extra is not None else [None] * self.num_experts
+            outs = [self.render_expert(k, camera, t, part) for k, part in enumerate(parts)]
+            colors, alphas = torch.stack([o.color for o in outs]), torch.stack([o.alpha for o in outs])
+            C = self.gates[0].channels if self.router.uses_gates else 0
+            gate_maps = torch.stack([o.extras[..., :C] for o in outs], dim=2) if self.router.uses_gates else None
+            extra_maps = torch.stack([o.extras[..., C:] for o in outs]) if extra is not None else None
+            meta = {"per_expert": [o.meta for o in outs]}
         weights, logits = self.router(RouterInputs(t=t, rays=camera.ray_directions(), expert_colors=colors,
-                                                   gate_maps=gate_maps))
+                                                   gate_maps=gate_maps, origin=camera.center,
+                                                   alphas=alphas.permute(1, 2, 0)))
         color = torch.einsum("hwk,khwc->hwc", weights, colors)
         return MixtureOutput(color=color, weights=weights, expert_colors=colors, logits=logits, gate_maps=gate_maps,
-                             metas=[o.meta for o in outs])
+                             alphas=alphas, extra_maps=extra_maps, meta=meta)

@@ -95,6 +95,15 @@ class MixtureTrainer:
             bal = (usage * (usage * K).clamp_min(1e-8).log()).sum()
             loss = loss + c.balance_weight * bal
             terms["balance"] = float(bal.detach())
+        if c.tv_weight > 0:
+            w = out.weights
+            tv = (w[1:] - w[:-1]).abs().mean() + (w[:, 1:] - w[:, :-1]).abs().mean()
+            loss = loss + c.tv_weight * tv
+            terms["tv"] = float(tv.detach())
+        if c.entropy_weight > 0:
+            ent = -(out.weights * out.weights.clamp_min(1e-8).log()).sum(-1).mean()
+            loss = loss + c.entropy_weight * ent
+            terms["entropy"] = float(ent.detach())
         if stage == 3:
             if c.expert_loss_weight > 0:
                 w = out.weights.detach().permute(2, 0, 1)[..., None]  # [K, H, W, 1]

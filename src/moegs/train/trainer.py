@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ..data import Scene, View
 from ..eval.metrics import psnr
@@ -75,7 +76,7 @@ class Trainer:
         target = self.scene.image(view).to(self.device)
 
         out = render_expert(expert, camera, view.time, background=self.background, backend=self.cfg.backend)
-        loss = photometric_loss(out.color, target, self.cfg.ssim_lambda)
+        loss = self.image_loss(out.color, view, target)
         regs = expert.regularization(step)
         for v in regs.values():
             loss = loss + v
@@ -89,6 +90,11 @@ class Trainer:
         self.step += 1
         return {"loss": loss.item(), "psnr": psnr(out.color, target), **{k: v.item() for k, v in regs.items()},
                 **report}
+
+    def image_loss(self, render: Tensor, view: View, target: Tensor) -> Tensor:
+        """The step's image loss of ``render`` ``[H, W, 3]`` against ``target`` ``[H, W, 3]`` (the image of
+        ``view``): L1 + D-SSIM. Subclasses change what an expert is fitted to (see :mod:`moegs.moe.distill`)."""
+        return photometric_loss(render, target, self.cfg.ssim_lambda)
 
     # ----------------------------------------------------------- the loop
     def train(self, progress: bool = True, on_log: Any = None) -> list[dict]:

@@ -1,0 +1,143 @@
+"""Router study: which router and which regularisers close the gap to the per-pixel oracle on held-out cameras.
+
+    python benchmarks/router_study.py --pipeline runs/demo                       # every variant, seed 0
+    python benchmarks/router_study.py --pipeline runs/demo --variants full published --seeds 0 1 2
+    python benchmarks/router_study.py --scene DATA --experts a.pt b.pt c.pt --downscale 8
+
+The experts are trained once (``moegs demo --out runs/demo`` or ``moegs pipeline``, whose
+``experts/<name>/checkpoints/last.pt`` ``--pipeline`` reads; or ``--experts``); every variant trains a
+fresh router over the same frozen experts with the pipeline's mixture budget (``MoEConfig`` with
+800 steps) and only its own fields changed. Each row: test PSNR/SSIM, gain over the best expert on
+the test views, the per-pixel oracle's PSNR (:func:`moegs.moe.evaluate.oracle_headroom`), and the
+fraction of the oracle's headroom realised on the test views and on training views. With several
+seeds, the mean and spread (min..max) of each variant's gain come last. ``results.json`` under
+``--out`` holds every row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+from moegs.data import load_scene  # noqa: E402
+from moegs.moe import MoEConfig, load_mixture, train_mixture  # noqa: E402
+from moegs.moe.ablation import format_table  # noqa: E402
+from moegs.moe.build import spaced_views  # noqa: E402
+from moegs.moe.config import published_config  # noqa: E402
+from moegs.moe.evaluate import oracle_headroom  # noqa: E402
+
+# name -> (what it tests, MoEConfig fields relative to the pipeline's mixture config)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "full": ("joint decoder on all gate maps (gates + dir + time)", {}),
+    "gates": ("Gaussian gates, no decoder", {"router": "gates"}),
+    "pixel_rgb": ("decoder on rendered RGB, no gates", {"router": "pixel_rgb"}),
+    "full_noview": ("joint decoder without ray inputs", {"router_view": "none"}),
+    "full_tv": ("joint decoder + TV 0.05 on the weights", {"tv_weight": 0.05}),
+    "full_dropout": ("joint decoder, view dropout 0.5", {"view_dropout": 0.5}),
+    "full_jitter": ("joint decoder, ray jitter 0.05", {"ray_jitter": 0.05}),
+    "published_paper": ("published router, the authors' settings", {"paper": True}),
+    "published": ("published router (shared decoder), this repo's lrs, tau 0.1",
+                  {"router": "published", "temperature": 0.1}),
+    "published_noview": ("published router without ray inputs", {"router": "published", "temperature": 0.1,
+                                                                 "router_view": "none"}),
+    "published_dropout": ("published router, view dropout 0.5", {"router": "published", "temperature": 0.1,
+                                                                 "view_dropout": 0.5}),
+    "published_entropy": ("published router + entropy 0.01", {"router": "published", "temperature": 0.1,
+                                                              "entropy_weight": 0.01}),
+}
+
+
+def variant_config(base: MoEConfig, name: str, seed: int) -> MoEConfig:
+    """``base`` with variant ``name``'s fields and ``seed``; stage 3 off, experts not re-evaluated."""
+    fields = dict(VARIANTS[name][1])
+    if fields.pop("paper", False):
+        paper = published_config()
+        fields.update({f.name: getattr(paper, f.name) for f in dataclasses.fields(MoEConfig)
+                       if getattr(paper, f.name) != getattr(MoEConfig(), f.name)})
+    return dataclasses.replace(base, **fields, seed=seed, joint_steps=0, eval_experts=False)
+
+
+def expert_checkpoints(args: argparse.Namespace) -> list[Path]:
+    if args.experts:
+        return list(args.experts)
+    ckpts = sorted((args.pipeline / "experts").glob("*/checkpoints/last.pt"))
+    if len(ckpts) < 2:
+        sys.exit(f"router_study: {args.pipeline}: no trained experts under experts/*/checkpoints/last.pt")
+    return ckpts
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pipeline", type=Path, help="a pipeline/demo output folder with trained experts")
+    p.add_argument("--experts", type=Path, nargs="+", help="expert checkpoints (instead of --pipeline)")
+    p.add_argument("--scene", type=Path, help="scene folder (default: the demo's generated scene)")
+    p.add_argument("--downscale", type=float, default=None, help="image downscale (default 1 for the demo scene)")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--steps", type=int, default=800, help="router steps (the pipeline's default)")
+    p.add_argument("--train-views", type=int, default=12, help="training views (evenly spaced) for the headroom")
+    p.add_argument("--out", type=Path, default=Path("runs/router_study"))
+    args = p.parse_args(argv)
+    if not args.experts and not args.pipeline:
+        p.error("give --pipeline or --experts")
+    return args
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse_args(argv)
+    if args.scene is None:
+        from moegs.data.synthetic import ensure_default_scene
+
+        args.scene = ensure_default_scene()
+        args.downscale = 1.0 if args.downscale is None else args.downscale
+    base = MoEConfig(steps=args.steps)
+    base.data.downscale = args.downscale
+    scene = load_scene(args.scene, base.data)
+    ckpts = expert_checkpoints(args)
+    train_views = spaced_views(scene.train_views, args.train_views)
+    print(f"scene {scene.name}: {len(scene.train_views)} train / {len(scene.test_views)} test views; "
+          f"experts {', '.join(str(c) for c in ckpts)}", flush=True)
+    rows = []
+    for name in args.variants:
+        for seed in args.seeds:
+            cfg = variant_config(base, name, seed)
+            run = args.out / f"{name}_s{seed}"
+            summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else \
+                train_mixture(ckpts, scene, cfg, run, resume=True, progress=False)
+            mixture, _ = load_mixture(run / "checkpoints" / "last.pt")
+            test = oracle_headroom(mixture, scene, scene.test_views)
+            train = oracle_headroom(mixture, scene, train_views)
+            row = {"variant": name, "seed": seed, "test_psnr": test["mixture_psnr"],
+                   "test_ssim": summary.get("test_ssim"), "best_expert": mixture.names[test["best_expert"]],
+                   "gain_db": test["gain_db"], "oracle_psnr": test["oracle_psnr"], "realised_test": test["realised"],
+                   "realised_train": train["realised"], "gain_train_db": train["gain_db"],
+                   "command": f"python benchmarks/router_study.py --variants {name} --seeds {seed}"}
+            rows.append(row)
+            print(format_table([row], [c for c in row if c != "command"]), flush=True)
+    print("\n== router study (held-out cameras) ==")
+    print(format_table(rows, ["variant", "seed", "test_psnr", "test_ssim", "best_expert", "gain_db", "oracle_psnr",
+                              "realised_test", "realised_train", "command"]))
+    if len(args.seeds) > 1:
+        agg = []
+        for name in args.variants:
+            g = np.array([r["gain_db"] for r in rows if r["variant"] == name])
+            f = np.array([r["realised_test"] for r in rows if r["variant"] == name])
+            agg.append({"variant": name, "seeds": len(g), "gain_mean_db": float(g.mean()), "gain_min_db": float(g.min()),
+                        "gain_max_db": float(g.max()), "realised_test_mean": float(f.mean())})
+        print("\n== over seeds ==")
+        print(format_table(agg))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
