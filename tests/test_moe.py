@@ -263,3 +263,50 @@ def test_ablation_table(tmp_path, scene):
     assert all(math.isfinite(r["test_psnr"]) for r in rows)
     table = format_table(rows, ["router", "description", "test_psnr"])
     assert "uniform average" in table and len(table.splitlines()) == 4
+
+
+def test_single_pass_and_k_passes_train_alike(scene):
+    """Stage 2 then stage 3 with the one-pass renderer and with one pass per expert: the same loss curve."""
+    curves = []
+    for single in (True, False):
+        torch.manual_seed(0)
+        mixture, cfg, metas, _ = make_mixture(scene, "full", steps=8, joint_steps=4, single_pass=single)
+        trainer = MixtureTrainer(mixture, scene, cfg, metas)
+        curves.append([trainer.train_step()["loss"] for _ in range(12)])
+    assert np.allclose(curves[0], curves[1], rtol=1e-4, atol=1e-6), curves
+
+
+def test_frozen_render_cache(scene):
+    """Frozen experts: a second render of a view is served from the cache and equals a fresh one; a
+    changed expert parameter, unfreezing and cache_mb=0 all bypass it."""
+    mixture, *_ = make_mixture(scene, "full")
+    mixture.set_experts_trainable(False)
+    view = scene.train_views[2]
+    first = mixture.render(view)
+    assert len(mixture._cache) == 1
+    again = mixture.render(view)
+    assert len(mixture._cache) == 1 and torch.equal(first.color, again.color)
+    with torch.no_grad():
+        mixture.experts[0].splats["means"][:, 0] += 0.05
+    moved = mixture.render(view)
+    assert len(mixture._cache) == 2 and not torch.allclose(moved.expert_colors[0], first.expert_colors[0])
+    fresh = mixture.render(view)
+    mixture.cache_mb = 0.0
+    uncached = mixture.render(view)
+    assert torch.equal(fresh.color, uncached.color)
+    mixture.cache_mb = 512.0
+    mixture.set_experts_trainable(True)
+    assert len(mixture._cache) == 0
+    mixture.render(view)
+    assert len(mixture._cache) == 0  # experts trainable: nothing cached
+
+
+def test_pruning_contributions_one_pass_match_k_passes(scene):
+    from moegs.moe.prune import contributions
+
+    mixture, *_ = make_mixture(scene, "full")
+    one = contributions(mixture, scene.train_views[:3])
+    mixture.single_pass = False
+    many = contributions(mixture, scene.train_views[:3])
+    for a, b in zip(one, many):
+        assert a.max() > 0.5 and torch.allclose(a, b, rtol=1e-4, atol=1e-5)

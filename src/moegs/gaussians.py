@@ -39,6 +39,16 @@ class GaussianSet:
     def __len__(self) -> int:
         return self.means.shape[0]
 
+    def detach(self) -> "GaussianSet":
+        """The same Gaussians cut from the autograd graph."""
+        return GaussianSet(self.means.detach(), self.quats.detach(), self.log_scales.detach(),
+                           self.opacity_logits.detach(), self.colors.detach(), self.sh_degree)
+
+    def nbytes(self) -> int:
+        """Bytes held by its tensors."""
+        ts = (self.means, self.quats, self.log_scales, self.opacity_logits, self.colors)
+        return sum(t.numel() * t.element_size() for t in ts)
+
     def render(self, camera: Camera, *, extras: Tensor | None = None, background: Tensor | None = None,
                backend: Backend = "auto") -> RenderOutput:
         """Rasterize into ``camera``; ``extras`` ``[N, C]`` are splatted like colour."""
@@ -53,12 +63,13 @@ class GaussianSet:
 def concat_sets(sets: list[GaussianSet]) -> GaussianSet:
     """One set holding all of ``sets`` (for rendering several experts in one rasterizer pass).
 
-    SH coefficients are padded with zeros to the largest ``K``; the degree is the largest.
+    Each set keeps the SH bands of its own degree, padded with zero bands to the largest degree (so
+    evaluating the largest degree gives every set exactly its own colour); RGB becomes the DC term.
     """
-    k = max(s.colors.shape[1] if s.colors.dim() == 3 else 1 for s in sets)
+    k = max(num_sh_bases(s.sh_degree) if s.colors.dim() == 3 else 1 for s in sets)
 
     def as_sh(s: GaussianSet) -> Tensor:
-        c = s.colors if s.colors.dim() == 3 else rgb_to_sh0(s.colors)[:, None]
+        c = s.colors[:, : num_sh_bases(s.sh_degree)] if s.colors.dim() == 3 else rgb_to_sh0(s.colors)[:, None]
         return torch.cat((c, c.new_zeros(c.shape[0], k - c.shape[1], 3)), dim=1)
 
     return GaussianSet(
@@ -67,7 +78,7 @@ def concat_sets(sets: list[GaussianSet]) -> GaussianSet:
         log_scales=torch.cat([s.log_scales for s in sets]),
         opacity_logits=torch.cat([s.opacity_logits for s in sets]),
         colors=torch.cat([as_sh(s) for s in sets]),
-        sh_degree=max(s.sh_degree for s in sets),
+        sh_degree=int(round(k**0.5)) - 1,
     )
 
 

@@ -86,5 +86,6 @@ def build_mixture(experts: list[nn.Module], scene: Scene, config: MoEConfig,
                             feature_dim=config.gate_feature_dim, hidden=config.gate_hidden,
                             time_freqs=config.time_freqs) for k, e in enumerate(experts)]
     router = router_from_config(config, K, prior=prior * config.temperature)
-    mixture = Mixture(experts, router, gates, scene.background, config.backend).to(device)
+    mixture = Mixture(experts, router, gates, scene.background, config.backend,
+                      single_pass=config.single_pass, cache_mb=config.render_cache_mb).to(device)
     return mixture, {"expert_train_losses": losses, "prior_expert": best}

@@ -54,7 +54,8 @@ def load_mixture(path: str | Path, device: torch.device | str = "cpu") -> tuple[
                                 ["extent"], feature_dim=config.gate_feature_dim, hidden=config.gate_hidden,
                                 time_freqs=config.time_freqs) for k, e in enumerate(experts)]
         router = router_from_config(config, K)
-        mixture = Mixture(experts, router, gates, model["background"], config.backend)
+        mixture = Mixture(experts, router, gates, model["background"], config.backend, single_pass=config.single_pass,
+                          cache_mb=config.render_cache_mb)
         mixture.load_state_dict(model)
     except CheckpointError:
         raise

@@ -85,6 +85,11 @@ class MoEConfig:
     seed: int = 0
     # Rasterizer backend: auto, cpu, torch or cuda.
     backend: str = "auto"
+    # Render all experts in one rasterizer pass (false: one pass per expert, for comparisons).
+    single_pass: bool = True
+    # Memory budget (MB) of the cache of frozen experts' per-view Gaussians, projection and tile bins
+    # reused across stage-2 steps (0: off).
+    render_cache_mb: float = 512.0
     # Device: auto (cuda if available), cpu or cuda.
     device: str = "auto"
     # Evaluate the mixture (and, with eval_experts, each expert alone) on the test views at the end.
@@ -110,6 +115,8 @@ class MoEConfig:
             raise ConfigError("view_dropout must be in [0, 1)")
         if min(self.ray_jitter, self.tv_weight, self.entropy_weight) < 0:
             raise ConfigError("ray_jitter, tv_weight and entropy_weight must be >= 0")
+        if self.render_cache_mb < 0:
+            raise ConfigError("render_cache_mb must be >= 0")
         if self.steps < 0 or self.joint_steps < 0:
             raise ConfigError("steps and joint_steps must be >= 0")
         if self.temperature <= 0 or (self.temperature_final is not None and self.temperature_final <= 0):

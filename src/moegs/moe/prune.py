@@ -36,6 +36,7 @@ def remove_gaussians(mixture: Mixture, k: int, mask: Tensor, optimizers: dict | 
     to their optimisers, whose moments are cut alike.
     """
     ops.remove(mixture.experts[k].splats, optimizers or {}, {}, mask)
+    mixture.clear_cache()
     if len(mixture.gates):
         keep = torch.nonzero(~mask).squeeze(1)
         ops.update_params(mixture.gates[k].per_gaussian, gate_optimizers or {}, lambda _, p: p[keep],
@@ -43,20 +44,19 @@ def remove_gaussians(mixture: Mixture, k: int, mask: Tensor, optimizers: dict | 
 
 
 def contributions(mixture: Mixture, views: list[View]) -> list[Tensor]:
-    """``[N_k]`` per expert: each Gaussian's largest contribution (pixels) to the blended image over ``views``."""
-    out = [torch.zeros(e.splats["means"].shape[0]) for e in mixture.experts]
-    bg = mixture.background
+    """``[N_k]`` per expert: each Gaussian's largest contribution (pixels) to the blended image over ``views``.
+
+    One mixture render per view: the channel of ones rides along with the gates in the same pass.
+    """
+    sizes = [e.splats["means"].shape[0] for e in mixture.experts]
+    out = [torch.zeros(n) for n in sizes]
     for v in views:
-        camera = v.camera.to(bg.device)
-        with torch.no_grad():
-            weights = mixture.render(v).weights  # [H, W, K]
-        for k, expert in enumerate(mixture.experts):
-            with torch.no_grad():
-                gs = expert.gaussians_at(v.time)
-            ones = torch.ones(len(gs), 1, device=bg.device, requires_grad=True)
-            img = gs.render(camera, extras=ones, background=bg, backend=mixture.backend).extras[..., 0]
-            (weights[..., k] * img).sum().backward()
-            out[k] = torch.maximum(out[k], ones.grad[:, 0].detach().cpu())
+        ones = torch.ones(sum(sizes), 1, device=mixture.background.device, requires_grad=True)
+        r = mixture.render(v, extra=ones)
+        used = (r.weights.detach().permute(2, 0, 1) * r.extra_maps[..., 0]).sum()  # sum_k sum_p w_k(p) E_k(p)
+        (grad,) = torch.autograd.grad(used, ones)
+        for k, c in enumerate(grad[:, 0].detach().cpu().split(sizes)):
+            out[k] = torch.maximum(out[k], c)
     return out
 
 
