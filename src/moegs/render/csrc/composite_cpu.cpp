@@ -174,6 +174,7 @@ void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar
     scalar_t* const asum_all = T_all + E * kLanes;
     scalar_t* const active_all = asum_all + E * kLanes;
     scalar_t* const last_all = active_all + E * kLanes;
+    std::vector<int> n_active(E);  // lanes of each expert still compositing
 #pragma omp for schedule(dynamic, 1)
     for (int tile = 0; tile < n_tiles; ++tile) {
       const int ox = (tile % tiles_x) * ts, oy = (tile / tiles_x) * ts;
@@ -199,13 +200,15 @@ void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar
             }
           }
           std::fill(acc.begin(), acc.end(), scalar_t(0));
+          std::fill(n_active.begin(), n_active.end(), nl);
           // (expert, lane) pairs that may still take a contribution from this tile's list.
           int remaining = nl * tg.n_experts_present;
           for (int i = 0; i < tg.n && remaining > 0; ++i) {
             const int e = tg.eid[i];
             scalar_t* const T = T_all + e * kLanes;
             scalar_t* const active = active_all + e * kLanes;
-            if (r >= tg.row_lo[i] && r <= tg.row_hi[i]) {
+            // Gaussians of an expert whose lanes have all stopped cost nothing.
+            if (n_active[e] > 0 && r >= tg.row_lo[i] && r <= tg.row_hi[i]) {
               scalar_t* const asum = asum_all + e * kLanes;
               scalar_t* const last = last_all + e * kLanes;
               const scalar_t gx = tg.mx[i], o = tg.op[i];
@@ -243,12 +246,12 @@ void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar
                   ad[l] += w[l] * fd;
                 }
               }
+              n_active[e] -= static_cast<int>(n_stop);
               remaining -= static_cast<int>(n_stop);
             }
             if (tg.last_of_eid[i]) {  // expert e has nothing left in this tile: its active lanes are done
-              for (int l = 0; l < kLanes; ++l) {
-                remaining -= active[l] != scalar_t(0);
-              }
+              remaining -= n_active[e];
+              n_active[e] = 0;
             }
           }
           for (int e = 0; e < E; ++e) {
@@ -294,6 +297,7 @@ void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scala
     scalar_t* const accum_a_all = g_a_all + E * kLanes;
     scalar_t* const last_alpha_all = accum_a_all + E * kLanes;
     scalar_t* const last_all = last_alpha_all + E * kLanes;
+    std::vector<int> max_last_e(E);  // per expert: the largest `last` of the row's lanes
 #pragma omp for schedule(dynamic, 1)
     for (int tile = 0; tile < n_tiles; ++tile) {
       const int ox = (tile % tiles_x) * ts, oy = (tile / tiles_x) * ts;
@@ -316,6 +320,7 @@ void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scala
             px[l] = scalar_t(x0 + l) + scalar_t(0.5);
           }
           for (int e = 0; e < E; ++e) {
+            max_last_e[e] = 0;
             for (int l = 0; l < kLanes; ++l) {
               const bool in = l < nl;
               const int64_t pix = e * HW + static_cast<int64_t>(y) * W + x0 + (in ? l : 0);
@@ -331,14 +336,15 @@ void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scala
                 accum_all[edl] = scalar_t(0);
                 last_f_all[edl] = scalar_t(0);
               }
-              max_last = std::max(max_last, in ? last_img[pix] : 0);
+              max_last_e[e] = std::max(max_last_e[e], in ? last_img[pix] : 0);
             }
+            max_last = std::max(max_last, max_last_e[e]);
           }
           for (int i = max_last - 1; i >= 0; --i) {
-            if (r < tg.row_lo[i] || r > tg.row_hi[i]) {
+            const int e = tg.eid[i];
+            if (i >= max_last_e[e] || r < tg.row_lo[i] || r > tg.row_hi[i]) {  // behind all of e's lanes, or off the row
               continue;
             }
-            const int e = tg.eid[i];
             scalar_t* const T = T_all + e * kLanes;
             scalar_t* const accum_a = accum_a_all + e * kLanes;
             scalar_t* const last_alpha = last_alpha_all + e * kLanes;
