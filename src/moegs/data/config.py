@@ -9,10 +9,12 @@ from ..errors import ConfigError
 
 from .scene import DEFAULT_CACHE_BYTES
 
-__all__ = ["DataConfig", "SfmOptions", "POINT_SOURCES"]
+__all__ = ["DataConfig", "SfmOptions", "POINT_SOURCES", "FRAME_STORE_MODES"]
 
 # What ``DataConfig.points`` may name, besides a file path.
 POINT_SOURCES = ("auto", "sfm", "random")
+# What ``DataConfig.frame_store`` may name.
+FRAME_STORE_MODES = ("auto", "store", "lazy")
 
 
 @dataclass
@@ -69,6 +71,12 @@ class DataConfig:
     max_frames: int | None = None
     # Byte budget of the decoded-frame cache.
     cache_bytes: int = DEFAULT_CACHE_BYTES
+    # Video frames: "store" decodes each video once into an uncompressed frame store on disk (fast
+    # random access, see moegs.data.framestore), "lazy" decodes on demand from the videos, "auto"
+    # uses the store unless every video is intra-only.
+    frame_store: str = "auto"
+    # Folder of the frame stores; None: the user cache ($MOEGS_CACHE_DIR/frames, ~/.cache/moegs/frames).
+    frame_store_dir: str | None = None
     # Composite RGBA images over white (True) or black (False); None: format default.
     white_background: bool | None = None
     # Physical camera ids held out for testing; None: format default (N3V: cam00).
@@ -94,6 +102,8 @@ class DataConfig:
             raise ConfigError(f"max_frames must be at least 1, got {self.max_frames}")
         if self.cache_bytes < 0:
             raise ConfigError(f"cache_bytes must be >= 0, got {self.cache_bytes}")
+        if self.frame_store not in FRAME_STORE_MODES:
+            raise ConfigError(f"frame_store must be one of {', '.join(FRAME_STORE_MODES)}, got {self.frame_store!r}")
         if not self.points:
             raise ConfigError(f"points must be one of {', '.join(POINT_SOURCES)} or a file, got an empty string")
         self.sfm.check()

@@ -53,6 +53,7 @@ from .colmap import find_model_dir, read_model
 from .config import DataConfig
 from .points import PointCloud, choose_points
 from .scene import FrameCache, Scene, View
+from .framestore import FrameStore, store_dir, use_store
 from .video import VideoReader, probe_video
 
 __all__ = [
@@ -305,11 +306,13 @@ def load(path: Path, config: DataConfig) -> Scene:
     kept = list(range(0, n_frames, config.frame_step))[: config.max_frames]
     K = len(kept)
     test_ids = set((0,) if config.test_cameras is None else config.test_cameras)
+    store = FrameStore(readers, kept, store_dir(config.frame_store_dir)) if use_store(config.frame_store, readers) else None
     train, test = [], []
-    for video, reader, cam in zip(videos, readers, cams):
+    for v, (video, reader, cam) in enumerate(zip(videos, readers, cams)):
         cam_id = int(_VIDEO.match(video.name)[1])
         for k, f in enumerate(kept):
-            view = View(cam.with_time(k / (K - 1) if K > 1 else 0.0), reader.source(f), camera_id=cam_id, frame=k)
+            source = reader.source(f) if store is None else store.source(v, f)
+            view = View(cam.with_time(k / (K - 1) if K > 1 else 0.0), source, camera_id=cam_id, frame=k)
             (test if cam_id in test_ids else train).append(view)
     if not train:
         raise DataError(path, f"no training cameras left after holding out {sorted(test_ids)}")
@@ -333,6 +336,7 @@ def load(path: Path, config: DataConfig) -> Scene:
             "downscale": factor,
             "fps": readers[0].info.fps,
             "split": f"test cameras {sorted(test_ids)}",
+            "frames_from": "lazy decoding" if store is None else f"frame store in {store.root}",
             "points": points_from,
         },
     )

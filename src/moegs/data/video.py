@@ -166,6 +166,38 @@ class VideoReader:
         with self._lock:
             self._reset()
 
+    def iter_frames(self, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """Decode frames ``0 .. stop - 1`` (all when ``None``) in order, one at a time, on a decoder
+        of its own (the random-access cursor is left alone); nothing goes into the cache.
+
+        Yields:
+            ``(index, [H, W, 3] uint8 frame at the reader's output size)``.
+
+        Raises:
+            DataError: naming the file when the stream is truncated or undecodable.
+        """
+        stop = self.num_frames if stop is None else min(int(stop), self.num_frames)
+        expected = 0
+        container = _open(self.path)
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream) if stop > 0 else ():
+                i = self._index.get(frame.pts) if frame.pts is not None else None
+                if i != expected:
+                    raise DataError(self.path, f"decoded frame {i} (timestamp {frame.pts}) where frame {expected} was due")
+                self.decoded += 1
+                expected += 1
+                yield i, self._to_array(frame)
+                if expected >= stop:
+                    break
+        except _AV_ERRORS as e:
+            raise DataError(self.path, f"cannot decode frame {expected} (truncated or corrupt video?): {e}") from e
+        finally:
+            container.close()
+        if expected < stop:
+            raise DataError(self.path, f"truncated: the stream ended before frame {expected} of {self.num_frames}")
+
     # ------------------------------------------------------------- decoding
     def _reset(self) -> None:
         if self._container is not None:
