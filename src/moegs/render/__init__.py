@@ -5,8 +5,8 @@ their colour (SH or given), bins them into 16x16 tiles and alpha-composites
 colour, depth and any number of extra per-Gaussian channels with the same
 weights. Backends:
 
-- ``"cpu"``: compiled C++/OpenMP compositing with a hand-written backward
-  (built on first use, cached);
+- ``"cpu"``: compiled C++/OpenMP ops with hand-written backwards (built on first
+  use, cached): one fused projection + colour op, then tile compositing;
 - ``"torch"``: the pure-PyTorch reference, autograd backward (the tests' oracle);
 - ``"cuda"``: gsplat's CUDA kernels, for tensors on a GPU (``pip install moegs[cuda]``).
 
@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import Camera
 from ._torch_impl import composite_torch
-from .projection import TILE_SIZE, Projected, bin_gaussians, project_gaussians, quat_to_rotmat
+from .projection import (TILE_SIZE, Projected, bin_gaussians, eval_colors, project_and_color, project_gaussians,
+                         quat_to_rotmat)
 from .sh import eval_sh, num_sh_bases, rgb_to_sh0
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "rasterize",
     "resolve_backend",
     "project_gaussians",
+    "project_and_color",
     "bin_gaussians",
     "quat_to_rotmat",
     "eval_sh",
@@ -95,16 +96,6 @@ def resolve_backend(backend: Backend, device: torch.device) -> str:
     return "torch"
 
 
-def eval_colors(means: Tensor, colors: Tensor, camera: Camera, sh_degree: int | None = None) -> Tensor:
-    """``[N, 3]`` colour of Gaussians at ``means`` ``[N, 3]`` seen from ``camera``: ``colors`` ``[N, 3]`` RGB
-    as is, or ``[N, B, 3]`` SH coefficients evaluated up to ``sh_degree`` (default: what ``B`` holds), + 0.5, clamped at 0."""
-    if colors.dim() != 3:
-        return colors
-    degree = sh_degree if sh_degree is not None else int(round(colors.shape[1] ** 0.5)) - 1
-    dirs = F.normalize(means - camera.center.to(means), dim=-1)
-    return (eval_sh(degree, colors, dirs) + 0.5).clamp_min(0.0)
-
-
 def finish_render(feats: Tensor, alpha: Tensor, depth_acc: Tensor, background: Tensor) -> tuple[Tensor, Tensor]:
     """Colour over ``background`` ``[3]`` and expected depth from composited ``feats`` ``[..., H, W, 3 + C]``,
     ``alpha`` ``[..., H, W]`` and alpha-weighted depth ``depth_acc`` ``[..., H, W]`` (depth 0 where empty)."""
@@ -157,16 +148,16 @@ def rasterize(
         raise ValueError(f"extras must be [N, C], got {tuple(extras.shape)}")
     name = resolve_backend(backend, means.device)
 
-    rgb = eval_colors(means, colors, camera, sh_degree)
     opac = torch.sigmoid(opacity_logits)
     bg = means.new_zeros(3) if background is None else background.to(means)
 
     if name == "cuda":
         from ._cuda import rasterize_cuda
 
+        rgb = eval_colors(means, colors, camera, sh_degree)
         feats, alpha, depth_acc, means2d, radii, depths = rasterize_cuda(means, quats, log_scales, opac, rgb, extras, camera)
     else:
-        proj = project_gaussians(means, quats, log_scales, camera)
+        proj, rgb = project_and_color(means, quats, log_scales, colors, camera, sh_degree=sh_degree, backend=name)
         means2d, radii, depths = proj.means2d, proj.radii, proj.depths
         bins = bin_gaussians(means2d, radii, depths, camera.width, camera.height)
         features = torch.cat((rgb, depths[:, None], extras), dim=-1)

@@ -24,7 +24,7 @@ from torch import Tensor
 from ..cameras import Camera
 from . import Backend, eval_colors, finish_render, resolve_backend
 from ._torch_impl import composite_torch
-from .projection import TileBins, bin_gaussians, project_gaussians
+from .projection import TileBins, bin_gaussians, project_and_color
 
 __all__ = ["ExpertsRenderOutput", "PreparedExperts", "prepare_experts", "composite_experts", "rasterize_experts"]
 
@@ -123,12 +123,12 @@ def prepare_experts(
     if N and (int(expert_ids.min()) < 0 or int(expert_ids.max()) >= num_experts):
         raise ValueError(f"expert_ids must lie in [0, {num_experts})")
     name = resolve_backend(backend, means.device)
-    rgb = eval_colors(means, colors, camera, sh_degree)
     ids = expert_ids.long()
     opac = torch.sigmoid(opacity_logits)
     if name == "cuda":
+        rgb = eval_colors(means, colors, camera, sh_degree)
         return PreparedExperts(camera, ids, num_experts, name, opac, rgb, gaussians=(means, quats, log_scales))
-    proj = project_gaussians(means, quats, log_scales, camera)
+    proj, rgb = project_and_color(means, quats, log_scales, colors, camera, sh_degree=sh_degree, backend=name)
     bins = bin_gaussians(proj.means2d, proj.radii, proj.depths, camera.width, camera.height)
     return PreparedExperts(camera, ids, num_experts, name, opac, rgb, proj.means2d, proj.conics, proj.depths,
                            proj.radii, bins)

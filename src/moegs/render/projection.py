@@ -1,12 +1,14 @@
-"""Projection of 3D Gaussians to screen space (EWA splatting) and tile binning.
+"""Projection of 3D Gaussians to screen space (EWA splatting), their colour, and tile binning.
 
-Both steps are shared by the ``torch`` and ``cpu`` backends: they are O(N)
-vectorised tensor code whose backward torch derives; the per-pixel
-compositing, where the time goes, is what the backends implement.
+``project_and_color`` is what every expert's Gaussians go through before compositing:
+the pure-PyTorch code here is the reference (backend ``"torch"``, autograd backward);
+backend ``"cpu"`` runs the same computation as one fused C++/OpenMP op with a
+hand-written backward (``_project_cpu.py``). Binning is shared by both.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -14,11 +16,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..cameras import Camera
+from .sh import eval_sh
 
-__all__ = ["Projected", "quat_to_rotmat", "project_gaussians", "TileBins", "bin_gaussians", "TILE_SIZE"]
+__all__ = [
+    "Projected", "quat_to_rotmat", "project_gaussians", "eval_colors", "project_and_color", "TileBins",
+    "bin_gaussians", "TILE_SIZE",
+]
 
 TILE_SIZE = 16
 BLUR = 0.3  # low-pass filter added to the 2D covariance (3DGS)
+_FALLBACK_WARNED: list[bool] = []  # the missing-extension warning is given once per process
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
@@ -109,6 +116,73 @@ def project_gaussians(means: Tensor, quats: Tensor, log_scales: Tensor, camera: 
         valid = valid & on_screen & torch.isfinite(radii) & torch.isfinite(means2d).all(-1)
         radii = torch.where(valid, radii, torch.zeros_like(radii)).to(torch.int32)
     return Projected(means2d=means2d, conics=conics, depths=z, radii=radii)
+
+
+def sh_degree_of(colors: Tensor, sh_degree: int | None) -> int:
+    """The SH degree to evaluate for ``colors`` ``[N, B, 3]``: ``sh_degree``, or the highest ``B`` holds."""
+    return sh_degree if sh_degree is not None else int(round(colors.shape[1] ** 0.5)) - 1
+
+
+def eval_colors(means: Tensor, colors: Tensor, camera: Camera, sh_degree: int | None = None) -> Tensor:
+    """``[N, 3]`` colour of Gaussians at ``means`` ``[N, 3]`` seen from ``camera``: ``colors`` ``[N, 3]`` RGB
+    as is, or ``[N, B, 3]`` SH coefficients evaluated up to ``sh_degree`` (default: what ``B`` holds) for the
+    direction camera centre -> mean, + 0.5, clamped at 0."""
+    if colors.dim() != 3:
+        return colors
+    dirs = F.normalize(means - camera.center.to(means), dim=-1)
+    return (eval_sh(sh_degree_of(colors, sh_degree), colors, dirs) + 0.5).clamp_min(0.0)
+
+
+def project_and_color(
+    means: Tensor,  # [N, 3]
+    quats: Tensor,  # [N, 4]
+    log_scales: Tensor,  # [N, 3]
+    colors: Tensor,  # [N, 3] RGB or [N, B, 3] SH coefficients
+    camera: Camera,
+    *,
+    sh_degree: int | None = None,
+    backend: str = "torch",
+) -> tuple[Projected, Tensor]:
+    """Project Gaussians into ``camera`` and evaluate their colour there.
+
+    Args:
+        means: ``[N, 3]`` world positions.
+        quats: ``[N, 4]`` rotations (w, x, y, z), any norm.
+        log_scales: ``[N, 3]`` log standard deviations.
+        colors: ``[N, 3]`` RGB (returned as is) or ``[N, B, 3]`` SH coefficients (3DGS basis).
+        camera: the pinhole camera.
+        sh_degree: SH degree to evaluate, ``(sh_degree + 1) ** 2 <= B`` (default: the highest ``B`` holds).
+        backend: ``"torch"`` (this module's reference: :func:`project_gaussians` + :func:`eval_colors`)
+            or ``"cpu"`` (the fused native op, same results to float rounding).
+
+    Returns:
+        :class:`Projected` (``means2d`` ``[N, 2]``, ``conics`` ``[N, 3]``, ``depths`` ``[N]``, ``radii``
+        ``[N]`` int32) and ``rgb`` ``[N, 3]``; differentiable w.r.t. every input tensor, the view-direction
+        dependence of the colour on ``means`` included.
+    """
+    if colors.dim() == 3:
+        degree = sh_degree_of(colors, sh_degree)
+        if not 0 <= degree <= 3 or colors.shape[1] < (degree + 1) ** 2:
+            raise ValueError(f"SH degree {degree} needs {(degree + 1) ** 2} of the {colors.shape[1]} coefficients held")
+    if backend not in ("torch", "cpu"):
+        raise ValueError(f"project_and_color runs on the torch or cpu backend, not {backend!r}")
+    if backend == "cpu":
+        from . import _project_cpu
+
+        if not _project_cpu.available():
+            if not _FALLBACK_WARNED:
+                warnings.warn(f"moegs: the compiled CPU projection is unavailable ({_project_cpu.build_error()}); "
+                              "projecting with the torch reference")
+                _FALLBACK_WARNED.append(True)
+            backend = "torch"
+    if backend == "torch":
+        return project_gaussians(means, quats, log_scales, camera), eval_colors(means, colors, camera, sh_degree)
+    from ._project_cpu import project_and_color_cpu
+
+    means2d, conics, depths, radii, rgb = project_and_color_cpu(
+        means, quats, log_scales, colors, camera, sh_degree_of(colors, sh_degree) if colors.dim() == 3 else -1
+    )
+    return Projected(means2d=means2d, conics=conics, depths=depths, radii=radii), rgb
 
 
 @dataclass

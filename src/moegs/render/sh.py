@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["num_sh_bases", "eval_sh", "rgb_to_sh0"]
+__all__ = ["num_sh_bases", "sh_basis", "eval_sh", "rgb_to_sh0"]
 
 C0 = 0.28209479177387814
 C1 = 0.4886025119029199
@@ -33,8 +33,31 @@ def rgb_to_sh0(rgb: Tensor) -> Tensor:
     return (rgb - 0.5) / C0
 
 
+def sh_basis(degree: int, dirs: Tensor) -> Tensor:
+    """``[N, (degree + 1) ** 2]`` real SH basis (3DGS sign convention) at unit directions ``dirs`` ``[N, 3]``."""
+    num_sh_bases(degree)
+    x, y, z = dirs.unbind(-1)
+    cols = [torch.full_like(x, C0)]
+    if degree >= 1:
+        cols += [-C1 * y, C1 * z, -C1 * x]
+    if degree >= 2:
+        xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+        cols += [C2[0] * xy, C2[1] * yz, C2[2] * (2.0 * zz - xx - yy), C2[3] * xz, C2[4] * (xx - yy)]
+    if degree >= 3:
+        cols += [
+            C3[0] * y * (3 * xx - yy),
+            C3[1] * xy * z,
+            C3[2] * y * (4 * zz - xx - yy),
+            C3[3] * z * (2 * zz - 3 * xx - 3 * yy),
+            C3[4] * x * (4 * zz - xx - yy),
+            C3[5] * z * (xx - yy),
+            C3[6] * x * (xx - 3 * yy),
+        ]
+    return torch.stack(cols, dim=-1)
+
+
 def eval_sh(degree: int, coeffs: Tensor, dirs: Tensor) -> Tensor:
-    """Evaluate SH colour.
+    """Evaluate SH colour: the ``[N, B]`` basis contracted with the coefficients in one product.
 
     Args:
         degree: degree to use (``<=`` what ``coeffs`` holds; higher bands are ignored).
@@ -44,33 +67,9 @@ def eval_sh(degree: int, coeffs: Tensor, dirs: Tensor) -> Tensor:
     Returns:
         ``[N, 3]`` colour *before* the +0.5 offset and clamping.
     """
-    if coeffs.shape[1] < num_sh_bases(degree):
-        raise ValueError(f"degree {degree} needs {num_sh_bases(degree)} SH coefficients, got {coeffs.shape[1]}")
-    out = C0 * coeffs[:, 0]
-    if degree < 1:
-        return out
-    x, y, z = dirs[:, 0:1], dirs[:, 1:2], dirs[:, 2:3]
-    out = out - C1 * y * coeffs[:, 1] + C1 * z * coeffs[:, 2] - C1 * x * coeffs[:, 3]
-    if degree < 2:
-        return out
-    xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-    out = (
-        out
-        + C2[0] * xy * coeffs[:, 4]
-        + C2[1] * yz * coeffs[:, 5]
-        + C2[2] * (2.0 * zz - xx - yy) * coeffs[:, 6]
-        + C2[3] * xz * coeffs[:, 7]
-        + C2[4] * (xx - yy) * coeffs[:, 8]
-    )
-    if degree < 3:
-        return out
-    return (
-        out
-        + C3[0] * y * (3 * xx - yy) * coeffs[:, 9]
-        + C3[1] * xy * z * coeffs[:, 10]
-        + C3[2] * y * (4 * zz - xx - yy) * coeffs[:, 11]
-        + C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * coeffs[:, 12]
-        + C3[4] * x * (4 * zz - xx - yy) * coeffs[:, 13]
-        + C3[5] * z * (xx - yy) * coeffs[:, 14]
-        + C3[6] * x * (xx - 3 * yy) * coeffs[:, 15]
-    )
+    nb = num_sh_bases(degree)
+    if coeffs.shape[1] < nb:
+        raise ValueError(f"degree {degree} needs {nb} SH coefficients, got {coeffs.shape[1]}")
+    dt = torch.promote_types(coeffs.dtype, dirs.dtype)
+    basis = sh_basis(degree, dirs.to(dt))
+    return torch.bmm(basis[:, None, :], coeffs[:, :nb].to(dt)).squeeze(1)

@@ -1,0 +1,512 @@
+// CPU implementation of the fused projection and colour (forward and hand-written backward).
+//
+// Semantics are those of the pure-PyTorch reference (moegs/render/projection.py,
+// project_and_color) and of 3DGS / gsplat's fully fused projection:
+//   p = R_w mean + t_w (camera space), kept when near < z < far;
+//   Sigma = R S S^T R^T from the normalised quaternion and exp(log_scales);
+//   J = perspective Jacobian at the centre clamped to 1.3x the view frustum;
+//   cov2d = (J R_w) Sigma (J R_w)^T + 0.3 I; kept when det > 1e-12; conic = cov2d^-1;
+//   radius = ceil(3 sqrt(lambda_max)) with lambda_max = mid + sqrt(max(mid^2 - det, 0.1)),
+//   0 when culled or when the 3-sigma square is entirely off-screen;
+//   rgb = max(SH(normalise(mean - center)) + 0.5, 0) (degrees 0..3, 3DGS sign convention).
+// For culled Gaussians the reference replaces z (and det) by 1 in the denominators; the
+// gradients here follow the same formulas, so they agree with autograd on the reference
+// for every Gaussian, culled or not.
+//
+// Precision: inputs and outputs are float32 or float64; the per-Gaussian arithmetic is done in
+// double either way (ill-conditioned 2D covariances - needle-like Gaussians - lose digits in
+// det = ac - b^2 otherwise), so float32 results are the correctly rounded double ones.
+//
+// Parallelism: OpenMP over Gaussians with at::get_num_threads() threads (the same count as
+// torch's intra-op pool, so the native ops never oversubscribe the cores). Every Gaussian
+// reads and writes only its own slots: no atomics, results independent of the thread count.
+
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "project.h"
+
+namespace {
+
+constexpr double kBlur = 0.3;      // low-pass filter added to the 2D covariance
+constexpr double kClamp = 0.15;    // frustum margin of the Jacobian: 1.3x the image (0.15 each side)
+constexpr double kDetMin = 1e-12;  // degenerate 2D covariances are culled
+constexpr double kNormEps = 1e-12; // F.normalize's epsilon
+
+constexpr double kC0 = 0.28209479177387814;
+constexpr double kC1 = 0.4886025119029199;
+constexpr double kC2[5] = {1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
+                           0.5462742152960396};
+constexpr double kC3[7] = {-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+                           -0.4570457994644658, 1.445305721320277, -0.5900435899266435};
+
+template <typename T>
+struct Camera {
+  T R[9];  // world-to-camera rotation, row-major
+  T t[3];
+  T center[3];
+  T fx, fy, cx, cy, near, far;
+  T lo_x, hi_x, lo_y, hi_y;  // Jacobian clamp of x/z and y/z
+  T width, height;
+};
+
+template <typename T, typename S>
+Camera<T> MakeCamera(const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy, double cx, double cy,
+                     int64_t width, int64_t height, double near, double far) {
+  Camera<T> cam;
+  auto v = viewmat.contiguous();
+  auto c = center.contiguous();
+  const S* vp = v.data_ptr<S>();
+  const S* cp = c.data_ptr<S>();
+  for (int i = 0; i < 3; ++i) {
+    for (int j = 0; j < 3; ++j) cam.R[3 * i + j] = T(vp[4 * i + j]);
+    cam.t[i] = T(vp[4 * i + 3]);
+    cam.center[i] = T(cp[i]);
+  }
+  cam.fx = T(fx), cam.fy = T(fy), cam.cx = T(cx), cam.cy = T(cy), cam.near = T(near), cam.far = T(far);
+  // Same operation order as the reference: (-cx / fx - 0.15 W / fx) etc.
+  const T mx = T(kClamp) * T(width) / T(fx);
+  const T my = T(kClamp) * T(height) / T(fy);
+  cam.lo_x = -T(cx) / T(fx) - mx;
+  cam.hi_x = (T(width) - T(cx)) / T(fx) + mx;
+  cam.lo_y = -T(cy) / T(fy) - my;
+  cam.hi_y = (T(height) - T(cy)) / T(fy) + my;
+  cam.width = T(width), cam.height = T(height);
+  return cam;
+}
+
+// Rotation matrix (row-major) of the unit quaternion q = (w, x, y, z).
+template <typename T>
+inline void QuatToRot(const T q[4], T Rm[9]) {
+  const T w = q[0], x = q[1], y = q[2], z = q[3];
+  Rm[0] = 1 - 2 * (y * y + z * z), Rm[1] = 2 * (x * y - w * z), Rm[2] = 2 * (x * z + w * y);
+  Rm[3] = 2 * (x * y + w * z), Rm[4] = 1 - 2 * (x * x + z * z), Rm[5] = 2 * (y * z - w * x);
+  Rm[6] = 2 * (x * z - w * y), Rm[7] = 2 * (y * z + w * x), Rm[8] = 1 - 2 * (x * x + y * y);
+}
+
+// dL/dq for the unit quaternion q given dL/dR (row-major).
+template <typename T>
+inline void QuatToRotBackward(const T q[4], const T g[9], T gq[4]) {
+  const T w = q[0], x = q[1], y = q[2], z = q[3];
+  gq[0] = 2 * (-z * g[1] + y * g[2] + z * g[3] - x * g[5] - y * g[6] + x * g[7]);
+  gq[1] = 2 * (y * g[1] + z * g[2] + y * g[3] - 2 * x * g[4] - w * g[5] + z * g[6] + w * g[7] - 2 * x * g[8]);
+  gq[2] = 2 * (-2 * y * g[0] + x * g[1] + w * g[2] + x * g[3] + z * g[5] - w * g[6] + z * g[7] - 2 * y * g[8]);
+  gq[3] = 2 * (-2 * z * g[0] - w * g[1] + x * g[2] + w * g[3] - 2 * z * g[4] + y * g[5] + x * g[6] + y * g[7]);
+}
+
+// v / max(|v|, eps) (F.normalize) and its backward.
+template <typename T, int D>
+inline T Normalize(const T* v, T* out) {
+  T n2 = 0;
+  for (int i = 0; i < D; ++i) n2 += v[i] * v[i];
+  const T n = std::max(std::sqrt(n2), T(kNormEps));
+  for (int i = 0; i < D; ++i) out[i] = v[i] / n;
+  return n;
+}
+
+template <typename T, int D>
+inline void NormalizeBackward(const T* v, T n, const T* g, T* gv) {
+  const T norm = std::sqrt([&] { T s = 0; for (int i = 0; i < D; ++i) s += v[i] * v[i]; return s; }());
+  if (norm > T(kNormEps)) {
+    T dot = 0;
+    for (int i = 0; i < D; ++i) dot += v[i] * g[i];
+    for (int i = 0; i < D; ++i) gv[i] = (g[i] - v[i] * dot / (n * n)) / n;
+  } else {
+    for (int i = 0; i < D; ++i) gv[i] = g[i] / n;
+  }
+}
+
+// The 3DGS real SH basis at unit direction d; fills (degree + 1)^2 values.
+template <typename T>
+inline void ShBasis(int degree, const T d[3], T* b) {
+  b[0] = T(kC0);
+  if (degree < 1) return;
+  const T x = d[0], y = d[1], z = d[2];
+  b[1] = -T(kC1) * y, b[2] = T(kC1) * z, b[3] = -T(kC1) * x;
+  if (degree < 2) return;
+  const T xx = x * x, yy = y * y, zz = z * z, xy = x * y, yz = y * z, xz = x * z;
+  b[4] = T(kC2[0]) * xy, b[5] = T(kC2[1]) * yz, b[6] = T(kC2[2]) * (2 * zz - xx - yy);
+  b[7] = T(kC2[3]) * xz, b[8] = T(kC2[4]) * (xx - yy);
+  if (degree < 3) return;
+  b[9] = T(kC3[0]) * y * (3 * xx - yy);
+  b[10] = T(kC3[1]) * xy * z;
+  b[11] = T(kC3[2]) * y * (4 * zz - xx - yy);
+  b[12] = T(kC3[3]) * z * (2 * zz - 3 * xx - 3 * yy);
+  b[13] = T(kC3[4]) * x * (4 * zz - xx - yy);
+  b[14] = T(kC3[5]) * z * (xx - yy);
+  b[15] = T(kC3[6]) * x * (xx - 3 * yy);
+}
+
+// dL/dd = sum_k gb[k] d basis_k / dd (the basis as a polynomial in d's components).
+template <typename T>
+inline void ShBasisBackward(int degree, const T d[3], const T* gb, T gd[3]) {
+  gd[0] = gd[1] = gd[2] = 0;
+  if (degree < 1) return;
+  const T x = d[0], y = d[1], z = d[2];
+  gd[0] += -T(kC1) * gb[3], gd[1] += -T(kC1) * gb[1], gd[2] += T(kC1) * gb[2];
+  if (degree < 2) return;
+  const T xx = x * x, yy = y * y, zz = z * z;
+  gd[0] += T(kC2[0]) * y * gb[4] + T(kC2[2]) * (-2 * x) * gb[6] + T(kC2[3]) * z * gb[7] + T(kC2[4]) * 2 * x * gb[8];
+  gd[1] += T(kC2[0]) * x * gb[4] + T(kC2[1]) * z * gb[5] + T(kC2[2]) * (-2 * y) * gb[6] + T(kC2[4]) * (-2 * y) * gb[8];
+  gd[2] += T(kC2[1]) * y * gb[5] + T(kC2[2]) * 4 * z * gb[6] + T(kC2[3]) * x * gb[7];
+  if (degree < 3) return;
+  // b9 = c y (3xx - yy)
+  gd[0] += T(kC3[0]) * 6 * x * y * gb[9];
+  gd[1] += T(kC3[0]) * (3 * xx - 3 * yy) * gb[9];
+  // b10 = c x y z
+  gd[0] += T(kC3[1]) * y * z * gb[10], gd[1] += T(kC3[1]) * x * z * gb[10], gd[2] += T(kC3[1]) * x * y * gb[10];
+  // b11 = c y (4zz - xx - yy)
+  gd[0] += T(kC3[2]) * (-2 * x * y) * gb[11];
+  gd[1] += T(kC3[2]) * (4 * zz - xx - 3 * yy) * gb[11];
+  gd[2] += T(kC3[2]) * 8 * y * z * gb[11];
+  // b12 = c z (2zz - 3xx - 3yy)
+  gd[0] += T(kC3[3]) * (-6 * x * z) * gb[12];
+  gd[1] += T(kC3[3]) * (-6 * y * z) * gb[12];
+  gd[2] += T(kC3[3]) * (6 * zz - 3 * xx - 3 * yy) * gb[12];
+  // b13 = c x (4zz - xx - yy)
+  gd[0] += T(kC3[4]) * (4 * zz - 3 * xx - yy) * gb[13];
+  gd[1] += T(kC3[4]) * (-2 * x * y) * gb[13];
+  gd[2] += T(kC3[4]) * 8 * x * z * gb[13];
+  // b14 = c z (xx - yy)
+  gd[0] += T(kC3[5]) * 2 * x * z * gb[14];
+  gd[1] += T(kC3[5]) * (-2 * y * z) * gb[14];
+  gd[2] += T(kC3[5]) * (xx - yy) * gb[14];
+  // b15 = c x (xx - 3yy)
+  gd[0] += T(kC3[6]) * (3 * xx - 3 * yy) * gb[15];
+  gd[1] += T(kC3[6]) * (-6 * x * y) * gb[15];
+}
+
+// Per-Gaussian geometry shared by the forward and the backward.
+template <typename T>
+struct Geometry {
+  T p[3];         // camera-space centre
+  bool in_depth;  // near < z < far
+  T zs;           // z, or 1 when outside the depth range
+  T u, v;         // x / zs, y / zs before clamping
+  T tx, ty;       // clamped centre used by the Jacobian
+  T J[6];         // [2, 3] row-major
+  T T2[6];        // J R_w, [2, 3]
+  T qn[4];        // normalised quaternion
+  T qnorm;        // max(|q|, eps)
+  T rot[9];
+  T s[3];         // exp(log_scales)
+  T M[9];         // rot * diag(s)
+  T cov[6];       // 3D covariance, upper triangle xx xy xz yy yz zz
+  T a, b, c;      // 2D covariance (with blur)
+  bool valid;     // in_depth && det > eps
+  T det_s;        // det, or 1 when invalid
+};
+
+template <typename T, typename S>
+inline void ComputeGeometry(const Camera<T>& cam, const S* m_in, const S* q_in, const S* ls_in, Geometry<T>& g) {
+  const T m[3] = {T(m_in[0]), T(m_in[1]), T(m_in[2])};
+  const T q[4] = {T(q_in[0]), T(q_in[1]), T(q_in[2]), T(q_in[3])};
+  const T ls[3] = {T(ls_in[0]), T(ls_in[1]), T(ls_in[2])};
+  const T* R = cam.R;
+  for (int i = 0; i < 3; ++i) g.p[i] = R[3 * i] * m[0] + R[3 * i + 1] * m[1] + R[3 * i + 2] * m[2] + cam.t[i];
+  const T x = g.p[0], y = g.p[1], z = g.p[2];
+  g.in_depth = (z > cam.near) && (z < cam.far);
+  g.zs = g.in_depth ? z : T(1);
+  const T zs = g.zs;
+  g.u = x / zs, g.v = y / zs;
+  g.tx = std::min(std::max(g.u, cam.lo_x), cam.hi_x) * zs;
+  g.ty = std::min(std::max(g.v, cam.lo_y), cam.hi_y) * zs;
+  g.J[0] = cam.fx / zs, g.J[1] = 0, g.J[2] = -cam.fx * g.tx / (zs * zs);
+  g.J[3] = 0, g.J[4] = cam.fy / zs, g.J[5] = -cam.fy * g.ty / (zs * zs);
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j)
+      g.T2[3 * i + j] = g.J[3 * i] * R[j] + g.J[3 * i + 1] * R[3 + j] + g.J[3 * i + 2] * R[6 + j];
+
+  g.qnorm = Normalize<T, 4>(q, g.qn);
+  QuatToRot(g.qn, g.rot);
+  for (int j = 0; j < 3; ++j) g.s[j] = std::exp(ls[j]);
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) g.M[3 * i + j] = g.rot[3 * i + j] * g.s[j];
+  const T* M = g.M;
+  auto dot3 = [](const T* r0, const T* r1) { return r0[0] * r1[0] + r0[1] * r1[1] + r0[2] * r1[2]; };
+  g.cov[0] = dot3(M, M), g.cov[1] = dot3(M, M + 3), g.cov[2] = dot3(M, M + 6);
+  g.cov[3] = dot3(M + 3, M + 3), g.cov[4] = dot3(M + 3, M + 6), g.cov[5] = dot3(M + 6, M + 6);
+  // cov2d = T2 Sigma T2^T
+  const T Sig[9] = {g.cov[0], g.cov[1], g.cov[2], g.cov[1], g.cov[3], g.cov[4], g.cov[2], g.cov[4], g.cov[5]};
+  T TS[6];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j)
+      TS[3 * i + j] = g.T2[3 * i] * Sig[j] + g.T2[3 * i + 1] * Sig[3 + j] + g.T2[3 * i + 2] * Sig[6 + j];
+  g.a = dot3(TS, g.T2) + T(kBlur);
+  g.b = dot3(TS, g.T2 + 3);
+  g.c = dot3(TS + 3, g.T2 + 3) + T(kBlur);
+  const T det = g.a * g.c - g.b * g.b;
+  g.valid = g.in_depth && det > T(kDetMin);
+  g.det_s = g.valid ? det : T(1);
+}
+
+template <typename S, typename T = double>
+void ForwardKernel(const Camera<T>& cam, int64_t N, const S* means, const S* quats, const S* log_scales,
+                   const S* coeffs, int64_t K, int sh_degree, S* means2d, S* conics, S* depths, int32_t* radii,
+                   S* rgb) {
+  const int nb = sh_degree >= 0 ? (sh_degree + 1) * (sh_degree + 1) : 0;
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    Geometry<T> g;
+    const S* m = means + 3 * n;
+    ComputeGeometry(cam, m, quats + 4 * n, log_scales + 3 * n, g);
+    const T zs = g.zs;
+    const T mx = cam.fx * g.p[0] / zs + cam.cx;
+    const T my = cam.fy * g.p[1] / zs + cam.cy;
+    means2d[2 * n] = S(mx), means2d[2 * n + 1] = S(my);
+    conics[3 * n] = S(g.c / g.det_s), conics[3 * n + 1] = S(-g.b / g.det_s), conics[3 * n + 2] = S(g.a / g.det_s);
+    depths[n] = S(g.p[2]);
+
+    const T mid = T(0.5) * (g.a + g.c);
+    const T lam = mid + std::sqrt(std::max(mid * mid - g.det_s, T(0.1)));
+    const T r = std::ceil(T(3) * std::sqrt(lam));
+    const bool on_screen = (mx + r > 0) && (mx - r < cam.width) && (my + r > 0) && (my - r < cam.height);
+    const bool keep = g.valid && on_screen && std::isfinite(r) && std::isfinite(mx) && std::isfinite(my);
+    radii[n] = keep ? static_cast<int32_t>(r) : 0;
+
+    if (nb > 0) {
+      T v[3] = {T(m[0]) - cam.center[0], T(m[1]) - cam.center[1], T(m[2]) - cam.center[2]};
+      T d[3], basis[16];
+      Normalize<T, 3>(v, d);
+      ShBasis(sh_degree, d, basis);
+      const S* co = coeffs + n * K * 3;
+      for (int ch = 0; ch < 3; ++ch) {
+        T acc = 0;
+        for (int k = 0; k < nb; ++k) acc += basis[k] * T(co[3 * k + ch]);
+        rgb[3 * n + ch] = S(std::max(acc + T(0.5), T(0)));
+      }
+    }
+  }
+}
+
+template <typename S, typename T = double>
+void BackwardKernel(const Camera<T>& cam, int64_t N, const S* means, const S* quats, const S* log_scales,
+                    const S* coeffs, int64_t K, int sh_degree, const S* g_means2d, const S* g_conics,
+                    const S* g_depths, const S* g_rgb, S* gm_out, S* gq_out, S* gls_out, S* gco_out) {
+  const int nb = sh_degree >= 0 ? (sh_degree + 1) * (sh_degree + 1) : 0;
+  const T* R = cam.R;
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static)
+  for (int64_t n = 0; n < N; ++n) {
+    Geometry<T> g;
+    const S* m = means + 3 * n;
+    ComputeGeometry(cam, m, quats + 4 * n, log_scales + 3 * n, g);
+    const T x = g.p[0], y = g.p[1], zs = g.zs;
+    T gp[3] = {0, 0, T(g_depths[n])};  // dL/d p (camera space)
+    T gzs = 0;
+
+    // means2d = (fx x / zs + cx, fy y / zs + cy)
+    const T gmx = T(g_means2d[2 * n]), gmy = T(g_means2d[2 * n + 1]);
+    gp[0] += gmx * cam.fx / zs;
+    gp[1] += gmy * cam.fy / zs;
+    gzs -= (gmx * cam.fx * x + gmy * cam.fy * y) / (zs * zs);
+
+    // conics = (c, -b, a) / det_s
+    const T g0 = T(g_conics[3 * n]), g1 = T(g_conics[3 * n + 1]), g2 = T(g_conics[3 * n + 2]);
+    const T ds = g.det_s;
+    T ga = g2 / ds, gb = -g1 / ds, gc = g0 / ds;
+    if (g.valid) {
+      const T gdet = -(g0 * g.c - g1 * g.b + g2 * g.a) / (ds * ds);
+      ga += gdet * g.c, gc += gdet * g.a, gb -= 2 * gdet * g.b;
+    }
+
+    // cov2d = T2 Sigma T2^T with dL/dcov2d = G = [[ga, gb], [0, gc]] (b is read from entry (0, 1)).
+    // dL/dT2 = (G + G^T) T2 Sigma, dL/dSigma = T2^T G T2 (symmetrised below).
+    const T Sig[9] = {g.cov[0], g.cov[1], g.cov[2], g.cov[1], g.cov[3], g.cov[4], g.cov[2], g.cov[4], g.cov[5]};
+    const T Gs[4] = {2 * ga, gb, gb, 2 * gc};  // G + G^T
+    T TS[6];
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 3; ++j)
+        TS[3 * i + j] = g.T2[3 * i] * Sig[j] + g.T2[3 * i + 1] * Sig[3 + j] + g.T2[3 * i + 2] * Sig[6 + j];
+    T gT2[6];
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 3; ++j) gT2[3 * i + j] = Gs[2 * i] * TS[j] + Gs[2 * i + 1] * TS[3 + j];
+    // symmetric dL/dSigma: 0.5 (T2^T (G + G^T) T2) counts each off-diagonal pair once per entry
+    T gS[9];
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j) {
+        const T ti0 = g.T2[i], ti1 = g.T2[3 + i], tj0 = g.T2[j], tj1 = g.T2[3 + j];
+        gS[3 * i + j] = T(0.5) * (ti0 * (Gs[0] * tj0 + Gs[1] * tj1) + ti1 * (Gs[2] * tj0 + Gs[3] * tj1));
+      }
+    // Sigma = M M^T -> dL/dM = (gS + gS^T) M = 2 gS M
+    T gM[9];
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j)
+        gM[3 * i + j] = 2 * (gS[3 * i] * g.M[j] + gS[3 * i + 1] * g.M[3 + j] + gS[3 * i + 2] * g.M[6 + j]);
+    // M = rot diag(s)
+    T grot[9];
+    T gls[3] = {0, 0, 0};
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j) {
+        grot[3 * i + j] = gM[3 * i + j] * g.s[j];
+        gls[j] += gM[3 * i + j] * g.rot[3 * i + j];
+      }
+    for (int j = 0; j < 3; ++j) gls_out[3 * n + j] = S(gls[j] * g.s[j]);
+    T gqn[4], gq[4];
+    const T q[4] = {T(quats[4 * n]), T(quats[4 * n + 1]), T(quats[4 * n + 2]), T(quats[4 * n + 3])};
+    QuatToRotBackward(g.qn, grot, gqn);
+    NormalizeBackward<T, 4>(q, g.qnorm, gqn, gq);
+    for (int j = 0; j < 4; ++j) gq_out[4 * n + j] = S(gq[j]);
+
+    // T2 = J R_w -> dL/dJ = gT2 R_w^T
+    T gJ[6];
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 3; ++j)
+        gJ[3 * i + j] = gT2[3 * i] * R[3 * j] + gT2[3 * i + 1] * R[3 * j + 1] + gT2[3 * i + 2] * R[3 * j + 2];
+    const T zs2 = zs * zs, zs3 = zs2 * zs;
+    gzs += -gJ[0] * cam.fx / zs2 + gJ[2] * 2 * cam.fx * g.tx / zs3 - gJ[4] * cam.fy / zs2 +
+           gJ[5] * 2 * cam.fy * g.ty / zs3;
+    const T gtx = -gJ[2] * cam.fx / zs2, gty = -gJ[5] * cam.fy / zs2;
+    // t = clamp(u, lo, hi) zs with u = x / zs; the clamp passes gradient on [lo, hi]
+    const T cu = std::min(std::max(g.u, cam.lo_x), cam.hi_x);
+    const T cv = std::min(std::max(g.v, cam.lo_y), cam.hi_y);
+    gzs += gtx * cu + gty * cv;
+    if (g.u >= cam.lo_x && g.u <= cam.hi_x) {
+      const T gu = gtx * zs;
+      gp[0] += gu / zs, gzs -= gu * x / zs2;
+    }
+    if (g.v >= cam.lo_y && g.v <= cam.hi_y) {
+      const T gv = gty * zs;
+      gp[1] += gv / zs, gzs -= gv * y / zs2;
+    }
+    if (g.in_depth) gp[2] += gzs;
+
+    // p = R_w mean + t_w
+    T gm[3];
+    for (int j = 0; j < 3; ++j) gm[j] = R[j] * gp[0] + R[3 + j] * gp[1] + R[6 + j] * gp[2];
+
+    if (nb > 0) {
+      T v[3] = {T(m[0]) - cam.center[0], T(m[1]) - cam.center[1], T(m[2]) - cam.center[2]};
+      T d[3], basis[16], gbasis[16];
+      const T vn = Normalize<T, 3>(v, d);
+      ShBasis(sh_degree, d, basis);
+      const S* co = coeffs + n * K * 3;
+      S* gco = gco_out + n * K * 3;
+      T grgb[3];
+      for (int ch = 0; ch < 3; ++ch) {
+        T acc = 0;
+        for (int k = 0; k < nb; ++k) acc += basis[k] * T(co[3 * k + ch]);
+        grgb[ch] = (acc + T(0.5) >= T(0)) ? T(g_rgb[3 * n + ch]) : T(0);  // clamp_min passes on [0, inf)
+      }
+      for (int k = 0; k < nb; ++k) {
+        gbasis[k] = 0;
+        for (int ch = 0; ch < 3; ++ch) {
+          gco[3 * k + ch] = S(basis[k] * grgb[ch]);
+          gbasis[k] += T(co[3 * k + ch]) * grgb[ch];
+        }
+      }
+      for (int64_t k = nb; k < K; ++k) gco[3 * k] = gco[3 * k + 1] = gco[3 * k + 2] = 0;
+      T gd[3], gv[3];
+      ShBasisBackward(sh_degree, d, gbasis, gd);
+      NormalizeBackward<T, 3>(v, vn, gd, gv);
+      gm[0] += gv[0], gm[1] += gv[1], gm[2] += gv[2];
+    }
+    for (int j = 0; j < 3; ++j) gm_out[3 * n + j] = S(gm[j]);
+  }
+}
+
+void CheckInputs(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales,
+                 const at::Tensor& coeffs, const at::Tensor& viewmat, const at::Tensor& center, int64_t sh_degree) {
+  TORCH_CHECK(means.device().is_cpu(), "project: tensors must be on the CPU");
+  const auto dt = means.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "project: float32 or float64 expected");
+  TORCH_CHECK(means.dim() == 2 && means.size(1) == 3, "project: means must be [N, 3]");
+  const int64_t N = means.size(0);
+  TORCH_CHECK(quats.sizes() == at::IntArrayRef({N, 4}), "project: quats must be [N, 4]");
+  TORCH_CHECK(log_scales.sizes() == at::IntArrayRef({N, 3}), "project: log_scales must be [N, 3]");
+  TORCH_CHECK(viewmat.sizes() == at::IntArrayRef({4, 4}), "project: viewmat must be [4, 4]");
+  TORCH_CHECK(center.numel() == 3, "project: center must be [3]");
+  for (const at::Tensor* t : {&quats, &log_scales, &viewmat, &center})
+    TORCH_CHECK(t->scalar_type() == dt && t->device().is_cpu(), "project: all tensors must share means' dtype");
+  TORCH_CHECK(sh_degree >= -1 && sh_degree <= 3, "project: sh_degree must be in [-1, 3]");
+  if (sh_degree >= 0) {
+    TORCH_CHECK(coeffs.scalar_type() == dt, "project: coeffs must share means' dtype");
+    TORCH_CHECK(coeffs.dim() == 3 && coeffs.size(0) == N && coeffs.size(2) == 3, "project: coeffs must be [N, K, 3]");
+    TORCH_CHECK(coeffs.size(1) >= (sh_degree + 1) * (sh_degree + 1), "project: too few SH coefficients for sh_degree");
+  }
+}
+
+int64_t NumCoeffs(const at::Tensor& coeffs, int64_t sh_degree) { return sh_degree >= 0 ? coeffs.size(1) : 0; }
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectForwardCpu(
+    const at::Tensor& means_in, const at::Tensor& quats_in, const at::Tensor& log_scales_in,
+    const at::Tensor& coeffs_in, const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy,
+    double cx, double cy, int64_t width, int64_t height, double near, double far, int64_t sh_degree) {
+  const auto means = means_in.contiguous(), quats = quats_in.contiguous(), log_scales = log_scales_in.contiguous();
+  const auto coeffs = coeffs_in.contiguous();
+  const int64_t N = means.size(0), K = NumCoeffs(coeffs, sh_degree);
+  auto opts = means.options();
+  auto means2d = at::empty({N, 2}, opts), conics = at::empty({N, 3}, opts), depths = at::empty({N}, opts);
+  auto radii = at::empty({N}, opts.dtype(at::kInt));
+  auto rgb = at::empty({sh_degree >= 0 ? N : 0, 3}, opts);
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward_cpu", [&] {
+    const auto cam = MakeCamera<double, scalar_t>(viewmat, center, fx, fy, cx, cy, width, height, near, far);
+    ForwardKernel<scalar_t, double>(cam, N, means.data_ptr<scalar_t>(), quats.data_ptr<scalar_t>(),
+                            log_scales.data_ptr<scalar_t>(), K ? coeffs.data_ptr<scalar_t>() : nullptr, K,
+                            static_cast<int>(sh_degree), means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
+                            depths.data_ptr<scalar_t>(), radii.data_ptr<int32_t>(),
+                            K ? rgb.data_ptr<scalar_t>() : nullptr);
+  });
+  return {means2d, conics, depths, radii, rgb};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackwardCpu(
+    const at::Tensor& means_in, const at::Tensor& quats_in, const at::Tensor& log_scales_in,
+    const at::Tensor& coeffs_in, const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy,
+    double cx, double cy, int64_t width, int64_t height, double near, double far, int64_t sh_degree,
+    const at::Tensor& grad_means2d_in, const at::Tensor& grad_conics_in, const at::Tensor& grad_depths_in,
+    const at::Tensor& grad_rgb_in) {
+  const auto means = means_in.contiguous(), quats = quats_in.contiguous(), log_scales = log_scales_in.contiguous();
+  const auto coeffs = coeffs_in.contiguous();
+  const auto gm2 = grad_means2d_in.contiguous(), gcon = grad_conics_in.contiguous();
+  const auto gdep = grad_depths_in.contiguous(), grgb = grad_rgb_in.contiguous();
+  const int64_t N = means.size(0), K = NumCoeffs(coeffs, sh_degree);
+  auto opts = means.options();
+  auto g_means = at::empty({N, 3}, opts), g_quats = at::empty({N, 4}, opts), g_ls = at::empty({N, 3}, opts);
+  auto g_coeffs = sh_degree >= 0 ? at::empty({N, K, 3}, opts) : at::empty({0}, opts);
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_backward_cpu", [&] {
+    const auto cam = MakeCamera<double, scalar_t>(viewmat, center, fx, fy, cx, cy, width, height, near, far);
+    BackwardKernel<scalar_t, double>(cam, N, means.data_ptr<scalar_t>(), quats.data_ptr<scalar_t>(),
+                             log_scales.data_ptr<scalar_t>(), K ? coeffs.data_ptr<scalar_t>() : nullptr, K,
+                             static_cast<int>(sh_degree), gm2.data_ptr<scalar_t>(), gcon.data_ptr<scalar_t>(),
+                             gdep.data_ptr<scalar_t>(), K ? grgb.data_ptr<scalar_t>() : nullptr,
+                             g_means.data_ptr<scalar_t>(), g_quats.data_ptr<scalar_t>(), g_ls.data_ptr<scalar_t>(),
+                             K ? g_coeffs.data_ptr<scalar_t>() : nullptr);
+  });
+  return {g_means, g_quats, g_ls, g_coeffs};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectForward(
+    const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales, const at::Tensor& coeffs,
+    const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy, double cx, double cy,
+    int64_t width, int64_t height, double near, double far, int64_t sh_degree) {
+  CheckInputs(means, quats, log_scales, coeffs, viewmat, center, sh_degree);
+  return ProjectForwardCpu(means, quats, log_scales, coeffs, viewmat, center, fx, fy, cx, cy, width, height, near,
+                           far, sh_degree);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackward(
+    const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales, const at::Tensor& coeffs,
+    const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy, double cx, double cy,
+    int64_t width, int64_t height, double near, double far, int64_t sh_degree, const at::Tensor& grad_means2d,
+    const at::Tensor& grad_conics, const at::Tensor& grad_depths, const at::Tensor& grad_rgb) {
+  CheckInputs(means, quats, log_scales, coeffs, viewmat, center, sh_degree);
+  const int64_t N = means.size(0);
+  const auto dt = means.scalar_type();
+  TORCH_CHECK(grad_means2d.sizes() == at::IntArrayRef({N, 2}) && grad_means2d.scalar_type() == dt,
+              "project: grad_means2d must be [N, 2] of means' dtype");
+  TORCH_CHECK(grad_conics.sizes() == at::IntArrayRef({N, 3}) && grad_conics.scalar_type() == dt,
+              "project: grad_conics must be [N, 3] of means' dtype");
+  TORCH_CHECK(grad_depths.sizes() == at::IntArrayRef({N}) && grad_depths.scalar_type() == dt,
+              "project: grad_depths must be [N] of means' dtype");
+  if (sh_degree >= 0)
+    TORCH_CHECK(grad_rgb.sizes() == at::IntArrayRef({N, 3}) && grad_rgb.scalar_type() == dt,
+                "project: grad_rgb must be [N, 3] of means' dtype");
+  return ProjectBackwardCpu(means, quats, log_scales, coeffs, viewmat, center, fx, fy, cx, cy, width, height, near,
+                            far, sh_degree, grad_means2d, grad_conics, grad_depths, grad_rgb);
+}

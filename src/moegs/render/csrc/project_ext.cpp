@@ -1,0 +1,7 @@
+// Python bindings of the fused projection (see project.h for shapes and dtypes).
+#include "project.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &ProjectForward, "Fused projection and SH colour, forward (CPU)");
+  m.def("backward", &ProjectBackward, "Fused projection and SH colour, backward (CPU)");
+}

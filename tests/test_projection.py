@@ -1,0 +1,167 @@
+"""Tests of the fused projection + colour op (backend ``cpu``) against the pure-PyTorch reference
+(``project_and_color(backend="torch")``): forward values, every gradient, a float64 gradcheck, the
+rasterizer's edge cases, and determinism across runs and thread counts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from moegs.cameras import Camera, look_at
+from moegs.render import _project_cpu
+from moegs.render.projection import project_and_color
+from moegs.render.sh import num_sh_bases
+
+INPUTS = ("means", "quats", "log_scales", "colors")
+
+
+@pytest.fixture(autouse=True)
+def native():
+    if not _project_cpu.available():
+        pytest.skip(f"compiled CPU projection unavailable: {_project_cpu.build_error()}")
+
+
+def make_camera(width=40, height=30, *, cx=None, cy=None, dtype=torch.float32) -> Camera:
+    """A camera at (0.3, -0.2, -4) looking at the origin (a rotated, translated world-to-camera)."""
+    w2c = look_at(torch.tensor([0.3, -0.2, -4.0], dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    return Camera(w2c.to(dtype), fx=1.1 * width, fy=1.0 * width, cx=float(width / 2 if cx is None else cx),
+                  cy=float(height / 2 if cy is None else cy), width=width, height=height, near=0.1, far=50.0)
+
+
+def make_gaussians(n, camera, *, sh_bases=None, dtype=torch.float32, seed=0):
+    """``n`` Gaussians: most in the view, some far off-screen (the Jacobian clamp), some behind the
+    camera or beyond ``far`` (culled), a few with log-scale -20; SH coefficients or RGB."""
+    g = torch.Generator().manual_seed(seed)
+    c2w = torch.linalg.inv(camera.world_to_camera.double())
+    z = 1.0 + 5.0 * torch.rand(n, generator=g, dtype=torch.float64)
+    u = (torch.rand(n, generator=g, dtype=torch.float64) * 1.4 - 0.2) * camera.width
+    v = (torch.rand(n, generator=g, dtype=torch.float64) * 1.4 - 0.2) * camera.height
+    kind = torch.arange(n) % 10
+    u = torch.where(kind == 1, u + 6 * camera.width, u)  # far off-screen: clamped Jacobian, radius 0
+    z = torch.where(kind == 2, -z, z)  # behind the camera
+    z = torch.where(kind == 3, z + 60.0, z)  # beyond far
+    p = torch.stack(((u - camera.cx) / camera.fx * z, (v - camera.cy) / camera.fy * z, z), -1)
+    means = p @ c2w[:3, :3].T + c2w[:3, 3]
+    quats = torch.randn(n, 4, generator=g, dtype=torch.float64)
+    log_scales = math.log(2.0 / camera.fx) + torch.log(z.abs())[:, None] + 0.5 * torch.randn(n, 3, generator=g,
+                                                                                              dtype=torch.float64)
+    log_scales[kind == 4] = -20.0
+    if sh_bases is None:
+        colors = torch.rand(n, 3, generator=g, dtype=torch.float64)
+    else:
+        colors = 0.4 * torch.randn(n, sh_bases, 3, generator=g, dtype=torch.float64)
+    return [t.to(dtype) for t in (means, quats, log_scales, colors)]
+
+
+def run(params, camera, backend, sh_degree=None, seed=1):
+    """Outputs and the gradients of a fixed random linear functional of every differentiable output."""
+    params = [p.detach().clone().requires_grad_() for p in params]
+    proj, rgb = project_and_color(*params, camera, sh_degree=sh_degree, backend=backend)
+    outs = (proj.means2d, proj.conics, proj.depths, rgb)
+    g = torch.Generator().manual_seed(seed)
+    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outs)
+    loss.backward()
+    return proj, rgb, [p.grad for p in params]
+
+
+def rel_err(a, b):
+    scale = b.abs().max().clamp_min(1e-12)
+    return float((a - b).abs().max() / scale)
+
+
+def assert_matches(params, camera, sh_degree=None, fwd_tol=1e-5, grad_tol=1e-4):
+    pc, rc, gc = run(params, camera, "cpu", sh_degree)
+    pt, rt, gt = run(params, camera, "torch", sh_degree)
+    assert torch.equal(pc.radii, pt.radii)
+    assert pc.radii.dtype == torch.int32
+    for name, a, b in (("means2d", pc.means2d, pt.means2d), ("conics", pc.conics, pt.conics),
+                       ("depths", pc.depths, pt.depths), ("rgb", rc, rt)):
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        if a.numel():
+            # culled Gaussians' conics (det replaced by 1) can be large: compare each row to its own scale
+            scale = b.abs().amax(-1, keepdim=True).clamp_min(1.0) if a.dim() == 2 else b.abs().clamp_min(1.0)
+            assert float(((a - b).abs() / scale).max().detach()) < fwd_tol, name
+    for name, a, b in zip(INPUTS, gc, gt):
+        assert a is not None and a.shape == b.shape, name
+        if a.numel():
+            assert rel_err(a, b) < grad_tol, (name, rel_err(a, b))
+    return pc, gc
+
+
+@pytest.mark.parametrize("sh_degree", [None, 0, 1, 2, 3])
+def test_forward_and_gradients_match_reference(sh_degree):
+    cam = make_camera()
+    bases = None if sh_degree is None else num_sh_bases(sh_degree)
+    params = make_gaussians(400, cam, sh_bases=bases)
+    proj, grads = assert_matches(params, cam, sh_degree)
+    radii = proj.radii.view(-1, 10)
+    assert (radii[:, 0] > 0).float().mean() > 0.5  # most in-view Gaussians are kept
+    assert (radii[:, 1:4] == 0).all()  # off-screen, behind the camera and beyond far are culled
+    assert (grads[0].abs().sum(-1) > 0).all()
+
+
+def test_fewer_coefficients_used_than_held():
+    cam = make_camera()
+    params = make_gaussians(100, cam, sh_bases=16)
+    _, grads = assert_matches(params, cam, sh_degree=1)
+    assert (grads[3][:, 4:] == 0).all() and (grads[3][:, :4] != 0).any()
+
+
+@pytest.mark.parametrize("width,height,cx,cy", [(1, 1, None, None), (37, 23, None, None), (50, 17, 5.0, 14.0),
+                                                (16, 48, None, None)])
+def test_image_sizes_and_principal_points(width, height, cx, cy):
+    cam = make_camera(width, height, cx=cx, cy=cy)
+    assert_matches(make_gaussians(200, cam, sh_bases=9, seed=3), cam, sh_degree=2)
+
+
+def test_zero_gaussians():
+    cam = make_camera()
+    for bases in (None, 16):
+        proj, rgb, grads = run(make_gaussians(0, cam, sh_bases=bases), cam, "cpu")
+        assert proj.means2d.shape == (0, 2) and proj.conics.shape == (0, 3) and proj.radii.shape == (0,)
+        assert rgb.shape == (0, 3) and all(g.shape[0] == 0 for g in grads)
+
+
+def test_rejects_too_few_coefficients():
+    cam = make_camera()
+    params = make_gaussians(4, cam, sh_bases=4)
+    with pytest.raises(ValueError, match="SH degree 2 needs 9"):
+        project_and_color(*params, cam, sh_degree=2, backend="cpu")
+
+
+def test_float64_gradcheck():
+    cam = make_camera(24, 18, dtype=torch.float64)
+    means, quats, log_scales, coeffs = make_gaussians(20, cam, sh_bases=16, dtype=torch.float64, seed=5)
+    keep = torch.arange(20) % 10 != 4  # log-scale -20 makes finite differences meaningless
+    params = [t[keep].clone().requires_grad_() for t in (means, quats, log_scales, coeffs)]
+
+    def f(m, q, s, c):
+        proj, rgb = project_and_color(m, q, s, c, cam, backend="cpu")
+        return proj.means2d, proj.conics, proj.depths, rgb
+
+    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def test_float64_matches_reference_tightly():
+    cam = make_camera(dtype=torch.float64)
+    assert_matches(make_gaussians(300, cam, sh_bases=16, dtype=torch.float64), cam, fwd_tol=1e-12, grad_tol=1e-10)
+
+
+def test_deterministic_across_runs_and_thread_counts():
+    cam = make_camera()
+    params = make_gaussians(3000, cam, sh_bases=16, seed=7)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        p1, r1, g1 = run(params, cam, "cpu")
+        torch.set_num_threads(2)
+        p2, r2, g2 = run(params, cam, "cpu")
+        p3, r3, g3 = run(params, cam, "cpu")
+    finally:
+        torch.set_num_threads(threads)
+    for a, b, c in zip((p1.means2d, p1.conics, p1.depths, p1.radii, r1, *g1),
+                       (p2.means2d, p2.conics, p2.depths, p2.radii, r2, *g2),
+                       (p3.means2d, p3.conics, p3.depths, p3.radii, r3, *g3)):
+        assert torch.equal(a, b) and torch.equal(b, c)
