@@ -133,17 +133,8 @@ class FrameStore:
         self.fallback = False
         self._ready = False
         self._lock = threading.Lock()
-        self._fds: dict[int, int] = {}
+        self._fds: dict[int, int] = {}  # read-only descriptors; pread needs no seek, so forks share them
         self._offset: dict[int, int] = {}
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()  # file descriptors and locks do not cross processes
-        state.update(_lock=None, _fds={})
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
 
     def _entry(self, reader: VideoReader) -> _Entry:
         path = reader.path.resolve()
