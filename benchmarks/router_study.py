@@ -3,6 +3,7 @@
     python benchmarks/router_study.py --pipeline runs/demo                       # every variant, seed 0
     python benchmarks/router_study.py --pipeline runs/demo --variants full published --seeds 0 1 2
     python benchmarks/router_study.py --scene DATA --experts a.pt b.pt c.pt --downscale 8
+    python benchmarks/router_study.py --pipeline runs/demo --variants full --joint-steps 300 --distill-steps 400
 
 The experts are trained once (``moegs demo --out runs/demo`` or ``moegs pipeline``, whose
 ``experts/<name>/checkpoints/last.pt`` ``--pipeline`` reads; or ``--experts``); every variant trains a
@@ -12,6 +13,12 @@ the test views, the per-pixel oracle's PSNR (:func:`moegs.moe.evaluate.oracle_he
 fraction of the oracle's headroom realised on the test views and on training views. With several
 seeds, the mean and spread (min..max) of each variant's gain come last. ``results.json`` under
 ``--out`` holds every row.
+
+``--joint-steps J`` measures stage 3 fairly on the first variant and seed: its stage-2 run continued
+with ``J`` joint steps, against each expert fine-tuned alone for the same ``J`` steps at the same
+learning-rate scale. ``--distill-steps N`` fine-tunes the mixture's best expert for ``N`` steps with
+the router-masked loss (:func:`moegs.moe.distill.distill`) and, for the same steps, on the ground truth
+alone (:func:`moegs.moe.distill.finetune`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,6 +40,8 @@ from moegs.moe import MoEConfig, load_mixture, train_mixture  # noqa: E402
 from moegs.moe.ablation import format_table  # noqa: E402
 from moegs.moe.build import spaced_views  # noqa: E402
 from moegs.moe.config import published_config  # noqa: E402
+from moegs.moe.distill import distill, finetune  # noqa: E402
+from moegs.train import TrainConfig  # noqa: E402
 from moegs.moe.evaluate import oracle_headroom  # noqa: E402
 
 # name -> (what it tests, MoEConfig fields relative to the pipeline's mixture config)
@@ -50,6 +60,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
                                                                  "router_view": "none"}),
     "published_dropout": ("published router, view dropout 0.5", {"router": "published", "temperature": 0.1,
                                                                  "view_dropout": 0.5}),
+    "published_tv": ("published router + TV 0.05 on the weights", {"router": "published", "temperature": 0.1,
+                                                                   "tv_weight": 0.05}),
     "published_entropy": ("published router + entropy 0.01", {"router": "published", "temperature": 0.1,
                                                               "entropy_weight": 0.01}),
 }
@@ -84,6 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--steps", type=int, default=800, help="router steps (the pipeline's default)")
     p.add_argument("--train-views", type=int, default=12, help="training views (evenly spaced) for the headroom")
+    p.add_argument("--joint-steps", type=int, default=0, help="stage-3 comparison with this many steps (0: skip)")
+    p.add_argument("--distill-steps", type=int, default=0, help="distillation comparison steps (0: skip)")
+    p.add_argument("--lam", type=float, default=0.5, help="distillation: share of the ground-truth term")
     p.add_argument("--out", type=Path, default=Path("runs/router_study"))
     args = p.parse_args(argv)
     if not args.experts and not args.pipeline:
@@ -134,8 +149,58 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         "gain_max_db": float(g.max()), "realised_test_mean": float(f.mean())})
         print("\n== over seeds ==")
         print(format_table(agg))
+    results = {"rows": rows}
+    name, seed = args.variants[0], args.seeds[0]
+    run = args.out / f"{name}_s{seed}"
+    tcfg = TrainConfig(eval_at_end=False, data=base.data, seed=seed)
+    if args.joint_steps > 0:
+        results["stage3"] = stage3(args, scene, ckpts, variant_config(base, name, seed), run, tcfg)
+    if args.distill_steps > 0:
+        results["distillation"] = distillation(args, scene, run, tcfg)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=2))
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    return rows
+
+
+def stage3(args, scene, ckpts, cfg: MoEConfig, run: Path, tcfg: TrainConfig) -> list[dict]:
+    """The stage-2 run continued with joint fine-tuning vs the experts fine-tuned alone for as long."""
+    J = args.joint_steps
+    joint = run.with_name(f"{run.name}_joint{J}")
+    if not (joint / "summary.json").exists():
+        if not joint.exists():
+            shutil.copytree(run, joint)
+            (joint / "summary.json").unlink()
+        train_mixture(ckpts, scene, dataclasses.replace(cfg, joint_steps=J), joint, resume=True, progress=False)
+    before, _ = load_mixture(run / "checkpoints" / "last.pt")
+    after, _ = load_mixture(joint / "checkpoints" / "last.pt")
+    h2, h3 = oracle_headroom(before, scene, scene.test_views), oracle_headroom(after, scene, scene.test_views)
+    alone = [finetune(e, scene, J, tcfg, lr_scale=cfg.joint_lr_scale)[1]["psnr"] for e in before.experts]
+    rows = [{"model": "mixture, stage 2 only", "test_psnr": h2["mixture_psnr"], "best_expert_psnr": max(h2["expert_psnr"])},
+            {"model": f"mixture, + {J} joint steps", "test_psnr": h3["mixture_psnr"],
+             "best_expert_psnr": max(h3["expert_psnr"])},
+            {"model": f"best expert alone, + {J} steps", "test_psnr": max(alone), "best_expert_psnr": max(alone)}]
+    for r in rows:
+        r["command"] = f"python benchmarks/router_study.py --variants {args.variants[0]} --joint-steps {J}"
+    print(f"\n== stage 3 ({J} steps) vs the experts fine-tuned alone (test views) ==")
+    print(format_table(rows, ["model", "test_psnr", "best_expert_psnr"]))
+    print("experts alone + steps: " + ", ".join(f"{n} {p:.2f}" for n, p in zip(before.names, alone)))
+    return rows
+
+
+def distillation(args, scene, run: Path, tcfg: TrainConfig) -> list[dict]:
+    """The best expert fine-tuned with the router-masked loss vs on the ground truth alone, same steps."""
+    mixture, _ = load_mixture(run / "checkpoints" / "last.pt")
+    h = oracle_headroom(mixture, scene, scene.test_views)
+    k, N = h["best_expert"], args.distill_steps
+    _, d = distill(mixture, k, scene, N, tcfg, lam=args.lam)
+    _, f = finetune(mixture.experts[k], scene, N, tcfg)
+    rows = [{"model": f"{mixture.names[k]} as trained", "test_psnr": h["expert_psnr"][k]},
+            {"model": f"{mixture.names[k]} + {N} steps, router-masked loss (lambda {args.lam})", "test_psnr": d["psnr"],
+             "test_ssim": d["ssim"]},
+            {"model": f"{mixture.names[k]} + {N} steps, ground truth alone", "test_psnr": f["psnr"], "test_ssim": f["ssim"]},
+            {"model": "mixture (teacher)", "test_psnr": h["mixture_psnr"]}]
+    print(f"\n== distillation into {mixture.names[k]} (test views) ==")
+    print(format_table(rows))
     return rows
 
 

@@ -29,6 +29,7 @@ from ..data import Scene, View
 from ..eval import evaluate_expert
 from ..train.config import TrainConfig
 from ..train.loss import photometric_loss
+from ..train.optim import Optimization
 from ..train.trainer import Trainer
 from .mixture import Mixture
 
@@ -99,7 +100,11 @@ def finetune_config(config: TrainConfig | None, expert: nn.Module, steps: int) -
     return cfg
 
 
-def _run(trainer: Trainer, scene: Scene, progress: bool) -> dict:
+def _run(trainer: Trainer, scene: Scene, progress: bool, lr_scale: float) -> dict:
+    if lr_scale != 1.0:  # every learning rate of the expert (and its final value) times lr_scale
+        trainer.opt = Optimization({n: dataclasses.replace(g, lr=g.lr * lr_scale, lr_final=None if g.lr_final is None
+                                                           else g.lr_final * lr_scale)
+                                    for n, g in trainer.expert.param_groups().items()}, trainer.cfg.steps)
     trainer.train(progress=progress)
     result = {"student": trainer.expert.name, "steps": trainer.cfg.steps, "train_time_s": round(trainer.elapsed, 2)}
     if scene.test_views:
@@ -114,25 +119,28 @@ def _student(expert: nn.Module) -> nn.Module:
     return student
 
 
-def finetune(expert: nn.Module, scene: Scene, steps: int, config: TrainConfig | None = None,
+def finetune(expert: nn.Module, scene: Scene, steps: int, config: TrainConfig | None = None, lr_scale: float = 1.0,
              run_dir: str | Path | None = None, progress: bool = False) -> tuple[nn.Module, dict]:
-    """A copy of ``expert`` fine-tuned ``steps`` steps on the ground truth alone (the baseline of :func:`distill`).
+    """A copy of ``expert`` fine-tuned ``steps`` steps on the ground truth alone (the baseline of :func:`distill`,
+    and of stage 3 with ``lr_scale = MoEConfig.joint_lr_scale``).
 
     Returns ``(student, result)`` as :func:`distill`.
     """
     cfg = finetune_config(config, expert, steps)
     torch.manual_seed(cfg.seed)
-    return _student_result(Trainer(_student(expert), scene, cfg, run_dir), scene, progress)
+    return _student_result(Trainer(_student(expert), scene, cfg, run_dir), scene, progress, lr_scale)
 
 
 def distill(mixture: Mixture, k: int, scene: Scene, steps: int, config: TrainConfig | None = None, lam: float = 0.5,
-            run_dir: str | Path | None = None, progress: bool = False) -> tuple[nn.Module, dict]:
+            lr_scale: float = 1.0, run_dir: str | Path | None = None,
+            progress: bool = False) -> tuple[nn.Module, dict]:
     """Expert ``k`` of ``mixture`` (a copy) fine-tuned ``steps`` steps with the router-masked loss.
 
     Args:
         config: training configuration (its ``expert``, ``steps`` and densification are set by
             :func:`finetune_config`).
         lam: ``lambda``, the share of the ground-truth term.
+        lr_scale: every learning rate of the expert is multiplied by this.
         run_dir: where the trainer writes metrics/checkpoints (none when ``None``).
 
     Returns:
@@ -147,10 +155,11 @@ def distill(mixture: Mixture, k: int, scene: Scene, steps: int, config: TrainCon
     expert = mixture.experts[k]
     cfg = finetune_config(config, expert, steps)
     torch.manual_seed(cfg.seed)
-    return _student_result(DistillTrainer(_student(expert), scene, cfg, teachers, lam, run_dir), scene, progress)
+    return _student_result(DistillTrainer(_student(expert), scene, cfg, teachers, lam, run_dir), scene, progress,
+                           lr_scale)
 
 
-def _student_result(trainer: Trainer, scene: Scene, progress: bool) -> tuple[nn.Module, dict]:
+def _student_result(trainer: Trainer, scene: Scene, progress: bool, lr_scale: float) -> tuple[nn.Module, dict]:
     if trainer.run_dir is not None:
         trainer.run_dir.mkdir(parents=True, exist_ok=True)
-    return trainer.expert, _run(trainer, scene, progress)
+    return trainer.expert, _run(trainer, scene, progress, lr_scale)
