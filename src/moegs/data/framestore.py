@@ -41,6 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DataError
+from ..io import atomic_path
 from .config import FRAME_STORE_MODES
 from .sfm import cache_dir
 from .video import VideoReader
@@ -248,31 +249,25 @@ class FrameStore:
     def _build(self, entry: _Entry, bar: tqdm) -> int:
         """Decode ``entry``'s video into its store file atomically; returns the data offset."""
         reader = entry.reader
-        tmp = self.root / f".{entry.file.stem}.{os.getpid()}.tmp"
         wanted = set(entry.frames)
         _, h, w, _ = entry.shape
-        try:
-            with open(tmp, "wb") as f:
-                np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": entry.shape})
-                offset = f.tell()
-                written = 0
-                for i, arr in reader.iter_frames(stop=entry.frames[-1] + 1):
-                    if i not in wanted:
-                        continue
-                    if arr.shape != (h, w, 3):
-                        raise DataError(reader.path, f"frame {i} decoded as {arr.shape}, expected {(h, w, 3)}")
-                    # Store order is the order of ``frames``, which is increasing.
-                    f.write(np.ascontiguousarray(arr).data)
-                    written += 1
-                    bar.update(1)
-                if written != len(entry.frames):
-                    raise DataError(reader.path, f"frame store: decoded {written} of the {len(entry.frames)} frames")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, entry.file)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        # The temporary's name ends in the builder's pid, so a later build can tell a dead one's.
+        with atomic_path(entry.file, suffix=f".{os.getpid()}.tmp") as tmp, open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": entry.shape})
+            offset = f.tell()
+            written = 0
+            for i, arr in reader.iter_frames(stop=entry.frames[-1] + 1):
+                if i not in wanted:
+                    continue
+                if arr.shape != (h, w, 3):
+                    raise DataError(reader.path, f"frame {i} decoded as {arr.shape}, expected {(h, w, 3)}")
+                f.write(np.ascontiguousarray(arr).data)  # frames are increasing: store order
+                written += 1
+                bar.update(1)
+            if written != len(entry.frames):
+                raise DataError(reader.path, f"frame store: decoded {written} of the {len(entry.frames)} frames")
+            f.flush()
+            os.fsync(f.fileno())
         for stale in self.root.glob(f"{entry.prefix}-*.npy"):  # older versions of the same video
             if stale != entry.file:
                 stale.unlink(missing_ok=True)

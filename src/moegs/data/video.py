@@ -18,8 +18,6 @@ decodes each frame once, whatever the cache budget.
 from __future__ import annotations
 
 import bisect
-import os
-import tempfile
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -31,6 +29,7 @@ import numpy as np
 from av.video.reformatter import Interpolation
 
 from ..errors import DataError
+from ..io import atomic_path
 from .scene import FrameCache
 
 __all__ = ["VideoInfo", "VideoReader", "VideoFrame", "probe_video", "write_video"]
@@ -277,11 +276,12 @@ def write_video(
     fps: float,
     crf: int = 18,
     keyframe_interval: int | None = None,
+    preset: str | None = None,
 ) -> Path:
     """Encode ``frames`` (each ``[H, W, 3]`` uint8) as an H.264/yuv420p MP4, atomically.
 
-    The file is written next to ``path`` under a temporary name and moved into
-    place with ``os.replace``, so readers never see a partial video. yuv420p
+    The file is written next to ``path`` under a temporary name and renamed into
+    place (:func:`moegs.io.atomic_path`), so readers never see a partial video. yuv420p
     needs even sizes: an odd width or height is padded by repeating the last
     column or row.
 
@@ -291,6 +291,7 @@ def write_video(
         fps: frame rate.
         crf: x264 constant rate factor (0 lossless luma, 18 visually lossless, 23 default).
         keyframe_interval: frames between keyframes; ``None`` lets x264 choose.
+        preset: x264 speed preset (``"ultrafast"`` ... ``"veryslow"``); ``None``: x264's default (medium).
 
     Returns:
         ``path``.
@@ -298,10 +299,7 @@ def write_video(
     path = Path(path)
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".mp4", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".mp4") as tmp:
         with av.open(tmp, "w", format="mp4") as out:
             stream, shape = None, None
             for n, arr in enumerate(frames):
@@ -313,7 +311,7 @@ def write_video(
                     stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(100_000))
                     stream.width, stream.height = arr.shape[1] + arr.shape[1] % 2, arr.shape[0] + arr.shape[0] % 2
                     stream.pix_fmt = "yuv420p"
-                    options = {"crf": str(crf)}
+                    options = {"crf": str(crf)} if preset is None else {"crf": str(crf), "preset": preset}
                     if keyframe_interval is not None:
                         k = int(keyframe_interval)
                         options["x264-params"] = f"keyint={k}:min-keyint={k}:scenecut=0"
@@ -328,8 +326,4 @@ def write_video(
                 raise ValueError("write_video: no frames to write")
             for packet in stream.encode(None):
                 out.mux(packet)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
