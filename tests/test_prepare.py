@@ -8,17 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_sfm import write_blob_scene
 
 from moegs.cli.main import main
 from moegs.data import DataConfig, load_scene
 from moegs.data.n3v import umeyama
+from moegs.data.textured import write_blob_scene
 from moegs.data.video import write_video
-
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOEGS_CACHE_DIR", str(tmp_path / "cache"))
 
 
 @pytest.fixture(scope="module")

@@ -231,22 +231,28 @@ def _filtered(rec, options: SfmOptions, cameras_by_image: dict[int, Camera] | No
     xyz = np.array([p.xyz for p in pts], np.float64).reshape(-1, 3)
     rgb = np.array([p.color for p in pts], np.float64).reshape(-1, 3) / 255.0
     err = np.array([p.error for p in pts], np.float64)
-    tracks = [[el.image_id for el in p.track.elements] for p in pts]
-    length = np.array([len(set(t)) for t in tracks], np.int64)
-    keep = (err <= options.max_reprojection_error) & (length >= options.min_track_length) & np.isfinite(xyz).all(1)
-    if cameras_by_image is not None and len(xyz):
+    tracks = [sorted({el.image_id for el in p.track.elements}) for p in pts]
+    length = np.array([len(t) for t in tracks], np.int64)
+    in_range = np.isfinite(xyz).all(1)
+    if cameras_by_image is not None:
         for i, track in enumerate(tracks):
-            if not keep[i]:
-                continue
-            for image_id in set(track):
+            for image_id in track:
                 cam = cameras_by_image[image_id]
                 w2c = cam.world_to_camera.double().numpy()
                 z = float(w2c[2, :3] @ xyz[i] + w2c[2, 3])
                 if not cam.near < z < cam.far:
-                    keep[i] = False
+                    in_range[i] = False
                     break
-    stats = {**stats, "triangulated": len(xyz), "kept": int(keep.sum())}
-    return SfmPoints(xyz[keep], rgb[keep], err[keep], length[keep], stats)
+    raw = SfmPoints(xyz[in_range], rgb[in_range], err[in_range], length[in_range], {**stats, "triangulated": len(xyz)})
+    return _filtered_arrays(raw, options)
+
+
+def _filtered_arrays(points: SfmPoints, options: SfmOptions) -> SfmPoints:
+    """The points with mean reprojection error <= ``options.max_reprojection_error`` pixels and at least
+    ``options.min_track_length`` observing images."""
+    keep = (points.error <= options.max_reprojection_error) & (points.track_length >= options.min_track_length)
+    return SfmPoints(points.xyz[keep], points.rgb[keep], points.error[keep], points.track_length[keep],
+                     {**points.stats, "kept": int(keep.sum())})
 
 
 def _names(n: int) -> list[str]:
