@@ -3,9 +3,9 @@
 // Multi-expert: every Gaussian belongs to one of E experts (expert_ids, or expert 0 for all
 // when none are given) and the pixel keeps one transmittance and one set of accumulators per
 // expert; a Gaussian only reads and updates its own expert's. With one shared depth order this
-// is exactly E separate renders, and E = 1 is the ordinary single-image compositing. A pixel
-// stops once every expert present in its tile has either hit the cut-off or has no Gaussian
-// left in the tile's list.
+// is exactly E separate renders, and E = 1 is the ordinary single-image compositing. The forward
+// walks, per tile row, only the Gaussians that reach the row; a pixel stops once every expert
+// has either hit the cut-off or has no Gaussian left in the row's list.
 //
 // Semantics are those of the pure-PyTorch reference (moegs/render/_torch_impl.py)
 // and of the 3DGS tile rasterizer: pixel centres at integer + 0.5, per-tile
@@ -75,25 +75,18 @@ struct TileGaussians {
   int n = 0;
   std::vector<scalar_t> mx, my, ca, cb, cc, op, feat;
   std::vector<int> row_lo, row_hi;
-  std::vector<int> eid;           // expert of each Gaussian
-  std::vector<char> last_of_eid;  // 1 for the last Gaussian of its expert in this tile's list
-  int n_experts_present = 0;
+  std::vector<int> eid;  // expert of each Gaussian
+  // Per tile row (BuildRows): the Gaussians reaching it, front to back (row_ids[row_start[r]:row_start[r+1]]),
+  // whether each is the last of its expert in that row, and the number of experts the row sees.
+  std::vector<int> row_start, row_ids, row_experts;
+  std::vector<char> row_last;
 
   void Load(const scalar_t* means2d, const scalar_t* conics, const scalar_t* opacities, const scalar_t* features,
             const int32_t* expert_ids, int E, const int64_t* ids, int count, int D, int ox, int oy, int tile_size) {
     n = count;
     eid.resize(count);
-    last_of_eid.assign(count, 0);
-    seen.assign(E, 0);
-    n_experts_present = 0;
-    for (int i = count - 1; i >= 0; --i) {
-      const int e = expert_ids ? expert_ids[ids[i]] : 0;
-      eid[i] = e;
-      if (!seen[e]) {
-        seen[e] = 1;
-        last_of_eid[i] = 1;
-        ++n_experts_present;
-      }
+    for (int i = 0; i < count; ++i) {
+      eid[i] = expert_ids ? expert_ids[ids[i]] : 0;
     }
     for (auto* v : {&mx, &my, &ca, &cb, &cc, &op}) {
       v->resize(count);
@@ -114,8 +107,41 @@ struct TileGaussians {
     }
   }
 
+  void BuildRows(int E, int tile_size) {
+    row_start.assign(tile_size + 1, 0);
+    for (int i = 0; i < n; ++i) {
+      for (int r = row_lo[i]; r <= row_hi[i]; ++r) {
+        ++row_start[r + 1];
+      }
+    }
+    for (int r = 0; r < tile_size; ++r) {
+      row_start[r + 1] += row_start[r];
+    }
+    row_ids.resize(row_start[tile_size]);
+    row_last.assign(row_start[tile_size], 0);
+    cursor.assign(row_start.begin(), row_start.end() - 1);
+    for (int i = 0; i < n; ++i) {
+      for (int r = row_lo[i]; r <= row_hi[i]; ++r) {
+        row_ids[cursor[r]++] = i;
+      }
+    }
+    row_experts.assign(tile_size, 0);
+    for (int r = 0; r < tile_size; ++r) {
+      seen.assign(E, 0);
+      for (int j = row_start[r + 1] - 1; j >= row_start[r]; --j) {
+        const int e = eid[row_ids[j]];
+        if (!seen[e]) {
+          seen[e] = 1;
+          row_last[j] = 1;
+          ++row_experts[r];
+        }
+      }
+    }
+  }
+
  private:
   std::vector<char> seen;
+  std::vector<int> cursor;
 
  public:
 
@@ -181,9 +207,13 @@ void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar
       const int64_t start = offsets[tile];
       const int count = static_cast<int>(offsets[tile + 1] - start);
       tg.Load(means2d, conics, opacities, features, expert_ids, E, flatten_ids + start, count, D, ox, oy, ts);
+      tg.BuildRows(E, ts);
       for (int r = 0; r < ts && oy + r < H; ++r) {
         const int y = oy + r;
         const scalar_t pyc = scalar_t(y) + scalar_t(0.5);
+        const int* const rid = tg.row_ids.data() + tg.row_start[r];
+        const char* const rlast = tg.row_last.data() + tg.row_start[r];
+        const int rn = tg.row_start[r + 1] - tg.row_start[r];
         for (int c0 = 0; c0 < ts && ox + c0 < W; c0 += kLanes) {
           const int x0 = ox + c0;
           const int nl = std::min({kLanes, ts - c0, W - x0});
@@ -202,13 +232,13 @@ void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar
           std::fill(acc.begin(), acc.end(), scalar_t(0));
           std::fill(n_active.begin(), n_active.end(), nl);
           // (expert, lane) pairs that may still take a contribution from this tile's list.
-          int remaining = nl * tg.n_experts_present;
-          for (int i = 0; i < tg.n && remaining > 0; ++i) {
+          int remaining = nl * tg.row_experts[r];
+          for (int j = 0; j < rn && remaining > 0; ++j) {
+            const int i = rid[j];
             const int e = tg.eid[i];
             scalar_t* const T = T_all + e * kLanes;
             scalar_t* const active = active_all + e * kLanes;
-            // Gaussians of an expert whose lanes have all stopped cost nothing.
-            if (n_active[e] > 0 && r >= tg.row_lo[i] && r <= tg.row_hi[i]) {
+            if (n_active[e] > 0) {  // Gaussians of an expert whose lanes have all stopped cost nothing
               scalar_t* const asum = asum_all + e * kLanes;
               scalar_t* const last = last_all + e * kLanes;
               const scalar_t gx = tg.mx[i], o = tg.op[i];
@@ -249,7 +279,7 @@ void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar
               n_active[e] -= static_cast<int>(n_stop);
               remaining -= static_cast<int>(n_stop);
             }
-            if (tg.last_of_eid[i]) {  // expert e has nothing left in this tile: its active lanes are done
+            if (rlast[j]) {  // expert e has nothing left in this row: its active lanes are done
               remaining -= n_active[e];
               n_active[e] = 0;
             }
