@@ -52,9 +52,7 @@ class GaussianSet:
     def render(self, camera: Camera, *, extras: Tensor | None = None, background: Tensor | None = None,
                backend: Backend = "auto") -> RenderOutput:
         """Rasterize into ``camera``; ``extras`` ``[N, C]`` are splatted like colour."""
-        colors = self.colors
-        if colors.dim() == 3:  # only the bands of the current degree
-            colors = colors[:, : num_sh_bases(self.sh_degree)]
+        colors = self.colors  # all bands: the rasterizer reads only those of sh_degree (no sliced copy to back-prop)
         return rasterize(self.means, self.quats, self.log_scales, self.opacity_logits, colors, camera,
                          sh_degree=self.sh_degree if colors.dim() == 3 else None, extras=extras,
                          background=background, backend=backend)

@@ -181,14 +181,20 @@ class KeyframeGaussians(nn.Module):
                     ) -> tuple[Tensor, Tensor]:
         """Position ``[N, 3]`` and rotation ``[N, 4]`` at ``t`` from the keyframes ``kf_*`` (``[N, K, 3/4]``)
         active at ``level`` (default: the current one): Hermite spline and slerp."""
-        idx = self.active_indices(level).to(kf_means.device)
-        P, Q = kf_means[:, idx], kf_quats[:, idx]  # [N, Ka, 3], [N, Ka, 4]
-        ka = P.shape[1]
+        stride = self.stride(level)
+        ka = len(range(0, self.num_keyframes, stride))  # the active keyframes are every stride-th one
         u = (min(max(float(t), self.t0), self.t1) - self.t0) / (self.t1 - self.t0) * (ka - 1)
         i = min(int(math.floor(u)), ka - 2)
         s = u - i
-        pos = hermite(P[:, i], catmull_rom_tangent(P, i), P[:, i + 1], catmull_rom_tangent(P, i + 1), s)
-        rot = slerp(Q[:, i], Q[:, i + 1], s)
+        # Only the keyframes segment i reads, as strided views (no gather of every keyframe, and a
+        # backward that fills [N, 4, D] rather than [N, K, D] per read): i - 1 .. i + 2 for the
+        # positions (the window's ends are the spline's own wherever a tangent is taken there).
+        j0, j1 = max(i - 1, 0), min(i + 2, ka - 1)
+        P = kf_means[:, j0 * stride: j1 * stride + 1: stride]  # [N, <= 4, 3]
+        Q = kf_quats[:, i * stride: (i + 1) * stride + 1: stride]  # [N, 2, 4]
+        k = i - j0
+        pos = hermite(P[:, k], catmull_rom_tangent(P, k), P[:, k + 1], catmull_rom_tangent(P, k + 1), s)
+        rot = slerp(Q[:, 0], Q[:, 1], s)
         return pos, rot
 
     @torch.no_grad()

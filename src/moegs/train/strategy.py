@@ -88,9 +88,8 @@ class DefaultStrategy:
         grad = info["means2d"].grad
         if grad is None:
             grad = torch.zeros(n, 2, device=params["means"].device)
-        grad = grad.detach().reshape(-1, 2).clone()  # the cuda backend batches means2d as [1, N, 2]
-        grad[:, 0] *= 0.5 * info["width"]
-        grad[:, 1] *= 0.5 * info["height"]
+        # To NDC-scaled pixels (one [N, 2] temporary; the cuda backend batches means2d as [1, N, 2]).
+        grad = grad.detach().reshape(-1, 2) * grad.new_tensor([0.5 * info["width"], 0.5 * info["height"]])
         vis = (info["radii"] > 0).to(state["grad2d"])
         # Per-step increments, summed over ranks when training data-parallel.
         inc = torch.stack((grad.norm(dim=-1).to(state["grad2d"]) * vis, vis))
@@ -98,7 +97,7 @@ class DefaultStrategy:
         state["grad2d"] += inc[0]
         state["count"] += inc[1]
         r = all_reduce_(info["radii"].to(state["max_radii"]) / max(info["width"], info["height"]), "max")
-        state["max_radii"] = torch.maximum(state["max_radii"], r)
+        torch.maximum(state["max_radii"], r, out=state["max_radii"])
 
     def _grow(self, params, optimizers, state: dict) -> dict:
         grads = state["grad2d"] / state["count"].clamp_min(1)

@@ -1,0 +1,202 @@
+"""Training-step benchmark: where one optimisation step of each expert spends its time on the CPU.
+
+For every expert (default: all registered) the script trains briefly on the scene (or loads a
+checkpoint), then times training steps split into: deformation (``gaussians_at``), projection +
+colour, compositing forward (binning, compositing), loss (L1 + D-SSIM, regularisers), backward, strategy (densification
+statistics) and optimizer. Beside it, the compositing forward + backward of the same frame
+alone, and the ratio step / compositing (what a step costs beyond the kernel that renders).
+A second table times the pure-PyTorch reference projection + colour against the fused native
+op on the same Gaussians (forward, and forward + backward). Medians over ``--repeats`` steps.
+
+    python benchmarks/train_step.py [SCENE] [--experts static,spacetime] [--train-steps 600]
+        [--repeats 15] [--checkpoint EXPERT=PATH ...] [--downscale F] [--threads N]
+
+Without ``SCENE`` it uses the generated demo scene (``moegs demo``'s, 10 cameras x 24 frames at
+160x120, generated and cached on first use). Threads: torch's intra-op count (``--threads``, default
+torch's own) is the one the native ops use as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from moegs.data import DataConfig, load_scene  # noqa: E402
+from moegs.data.synthetic import ensure_default_scene  # noqa: E402
+from moegs.experts import EXPERTS, build_expert  # noqa: E402
+from moegs.render import bin_gaussians, finish_render, project_and_color, resolve_backend  # noqa: E402
+from moegs.render._cpu import composite_cpu  # noqa: E402
+from moegs.render.sh import num_sh_bases  # noqa: E402
+from moegs.train import TrainConfig  # noqa: E402
+from moegs.train.checkpoint import load_expert  # noqa: E402
+from moegs.train.run import scene_init  # noqa: E402
+from moegs.train.trainer import Trainer  # noqa: E402
+
+PHASES = ("deform", "project", "composite", "loss", "backward", "strategy", "optimizer")
+
+
+def clock() -> float:
+    return time.perf_counter() * 1e3
+
+
+def timed_step(tr: Trainer, backend: str) -> tuple[dict[str, float], tuple]:
+    """One training step equal to ``Trainer.train_step``, with the render inlined phase by phase.
+    Returns the phase times (ms) and the frame's compositing inputs."""
+    step, expert, cfg = tr.step, tr.expert, tr.cfg
+    t = {"start": clock()}
+    expert.on_step(step)
+    expert.sh_degree = min(expert.max_sh_degree, step // max(1, cfg.sh_increase_every))
+    tr.opt.set_step(step)
+    view = tr.view_for_step(step)
+    camera, target = view.camera, tr.scene.image(view)
+    gs = expert.gaussians_at(float(view.time))
+    t["deform"] = clock()
+    sh = gs.colors.dim() == 3
+    proj, rgb = project_and_color(gs.means, gs.quats, gs.log_scales, gs.colors, camera,
+                                  sh_degree=gs.sh_degree if sh else None, backend=backend)
+    opac = torch.sigmoid(gs.opacity_logits)
+    t["project"] = clock()
+    bins = bin_gaussians(proj.means2d, proj.radii, proj.depths, camera.width, camera.height)
+    features = torch.cat((rgb, proj.depths[:, None]), dim=-1)
+    out, alpha = composite_cpu(proj.means2d, proj.conics, opac, features, bins, camera.width, camera.height)
+    proj.means2d.retain_grad()
+    color, _ = finish_render(out[..., :3], alpha, out[..., 3], tr.background)
+    t["composite"] = clock()
+    loss = tr.image_loss(color, view, target)
+    for v in expert.regularization(step).values():
+        loss = loss + v
+    meta = {"means2d": proj.means2d, "radii": proj.radii, "depths": proj.depths, "width": camera.width,
+            "height": camera.height, "backend": backend}
+    tr.strategy.step_pre_backward(expert.splats, tr.opt.optimizers, tr.strategy_state, step, meta)
+    t["loss"] = clock()
+    loss.backward()
+    t["backward"] = clock()
+    tr.strategy.step_post_backward(expert.splats, tr.opt.optimizers, tr.strategy_state, step, meta)
+    t["strategy"] = clock()
+    tr.opt.step()
+    tr.opt.zero_grad()
+    tr.step += 1
+    t["optimizer"] = clock()
+    keys = ("start", *PHASES)
+    phases = {k: t[k] - t[p] for p, k in zip(keys, keys[1:])}
+    frame = tuple(x.detach() for x in (proj.means2d, proj.conics, opac, features))
+    return phases, (frame, bins, camera)
+
+
+def composite_alone(frame, bins, camera) -> float:
+    """ms of the compositing forward + backward of one frame on its own (random output gradient)."""
+    leaves = [x.clone().requires_grad_() for x in frame]
+    t0 = clock()
+    out, alpha = composite_cpu(*leaves, bins, camera.width, camera.height)
+    (out.sum() + alpha.sum()).backward()
+    return clock() - t0
+
+
+def projection_compare(expert, camera, repeats: int) -> dict[str, float]:
+    """Median ms of the torch reference and the fused projection + colour, forward and forward + backward."""
+    gs = expert.gaussians_at(float(camera.time))
+    sh = gs.colors.dim() == 3
+    inputs = [x.detach().clone().requires_grad_() for x in (gs.means, gs.quats, gs.log_scales, gs.colors)]
+    res = {}
+    for backend in ("torch", "cpu"):
+        for mode in ("fwd", "fwd+bwd"):
+            times = []
+            for _ in range(repeats):
+                t0 = clock()
+                with torch.set_grad_enabled(True):
+                    proj, rgb = project_and_color(*inputs, camera, sh_degree=gs.sh_degree if sh else None,
+                                                  backend=backend)
+                    if mode == "fwd+bwd":
+                        (proj.means2d.sum() + proj.conics.sum() + proj.depths.sum() + rgb.sum()).backward()
+                times.append(clock() - t0)
+            res[f"{backend} {mode}"] = statistics.median(times)
+    return res
+
+
+def bench_expert(name: str, scene, args) -> tuple[dict, dict]:
+    cfg = TrainConfig(expert=name, steps=args.train_steps + args.repeats + 1, backend="cpu", seed=0,
+                      checkpoint_every=10**9, eval_at_end=False)
+    backend = resolve_backend("cpu", torch.device("cpu"))
+    ckpt = dict(item.split("=", 1) for item in args.checkpoint).get(name)
+    if ckpt:
+        expert, _ = load_expert(ckpt)
+        tr = Trainer(expert, scene, cfg, device=torch.device("cpu"))
+    else:
+        torch.manual_seed(0)
+        tr = Trainer(build_expert(cfg.expert, scene_init(scene)), scene, cfg, device=torch.device("cpu"))
+        t0 = time.perf_counter()
+        for _ in range(args.train_steps):
+            tr.train_step()
+        print(f"  trained {name} {args.train_steps} steps in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    # Train at the highest SH degree the expert uses (the costliest colour).
+    tr.cfg.sh_increase_every = 1
+    phases, full, alone = [], [], []
+    for i in range(args.repeats + 2):
+        s0 = clock()
+        tr.train_step()  # the real step, for the total
+        real = clock() - s0
+        p, frame = timed_step(tr, backend)
+        if i >= 2:  # warm-up
+            full.append(real)
+            phases.append(p)
+            alone.append(composite_alone(*frame))
+    med = {k: statistics.median(p[k] for p in phases) for k in PHASES}
+    row = {"expert": name, "N": int(tr.expert.splats["means"].shape[0]), "sh": tr.expert.sh_degree, **med,
+           "step": statistics.median(full), "comp": statistics.median(alone)}
+    row["ratio"] = row["step"] / row["comp"]
+    cam = tr.view_for_step(0).camera
+    return row, {"expert": name, **projection_compare(tr.expert, cam, args.repeats)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("scene", nargs="?", help="scene folder (default: the generated demo scene)")
+    ap.add_argument("--experts", default=",".join(EXPERTS), help="comma-separated expert names")
+    ap.add_argument("--train-steps", type=int, default=600, help="training steps before timing (past the first "
+                    "densification, to a realistic Gaussian count)")
+    ap.add_argument("--repeats", type=int, default=15, help="timed steps per expert (medians)")
+    ap.add_argument("--checkpoint", action="append", default=[], metavar="EXPERT=PATH",
+                    help="time a trained expert's checkpoint instead of training")
+    ap.add_argument("--downscale", type=float, default=None,
+                    help="image downscale factor (default: 1 for the demo scene, the format's own otherwise)")
+    ap.add_argument("--threads", type=int, default=None, help="torch (and native op) threads")
+    args = ap.parse_args()
+    names = [n for n in args.experts.split(",") if n]
+    for n in names:
+        if n not in EXPERTS:
+            raise SystemExit(f"train_step.py: error: unknown expert {n!r}; choose from {', '.join(EXPERTS)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    downscale = args.downscale if args.downscale is not None or args.scene else 1.0
+    scene = load_scene(args.scene or ensure_default_scene(), DataConfig(downscale=downscale))
+    rows, comps = [], []
+    for n in names:
+        row, comp = bench_expert(n, scene, args)
+        rows.append(row)
+        comps.append(comp)
+    v = scene.train_views[0].camera
+    print(f"\nscene {scene.name} at {v.width}x{v.height}, {torch.get_num_threads()} threads; ms per step, "
+          f"median of {args.repeats}\n")
+    print("| expert | N | SH | deform | project+colour | composite fwd | loss | backward | strategy | optimizer | step "
+          "| composite fwd+bwd alone | step / composite |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['expert']} | {r['N']} | {r['sh']} | " + " | ".join(f"{r[k]:.1f}" for k in PHASES)
+              + f" | {r['step']:.1f} | {r['comp']:.1f} | {r['ratio']:.2f}x |")
+    print("\n| expert | torch fwd | fused fwd | speed-up | torch fwd+bwd | fused fwd+bwd | speed-up |")
+    print("|---|---|---|---|---|---|---|")
+    for c in comps:
+        print(f"| {c['expert']} | {c['torch fwd']:.2f} | {c['cpu fwd']:.2f} | {c['torch fwd'] / c['cpu fwd']:.1f}x "
+              f"| {c['torch fwd+bwd']:.2f} | {c['cpu fwd+bwd']:.2f} | "
+              f"{c['torch fwd+bwd'] / c['cpu fwd+bwd']:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
