@@ -5,11 +5,13 @@ content panning over time, H.264 yuv420p with a long GOP, as many encoders write
 it), loads it through ``moegs.data.load_scene`` with ``DataConfig.frame_store``
 ``"lazy"`` and ``"store"``, and reports per mode:
 
-* ``ms/frame``: mean and median wall time of ``Scene.image`` for random training
-  views (the access pattern of training), after the scene is loaded;
+* ``ms/frame``: mean and median wall time to get the ``[H, W, 3]`` uint8 frame of a
+  random training view through the scene's frame cache (what ``Scene.image`` does
+  first; the access pattern of training), after the scene is loaded; ``+ to tensor``
+  adds ``Scene.image``'s conversion to a float tensor (the same for both modes);
 * ``build s``: the store's first build (every video decoded once, in order);
   ``reuse`` is a second process that finds the store built;
-* ``peak RSS``: the process's peak resident set size (``ru_maxrss``).
+* ``peak RSS``: the process's peak resident set size (``VmHWM``), build included.
 
 Each mode runs in its own process, so peaks do not mix. The generated scene is
 cached under ``--workdir`` (default ``$MOEGS_CACHE_DIR/bench/frames``, i.e.
@@ -18,8 +20,7 @@ in a fresh folder each run. Store reads hit the page cache the build just filled
 (a cold disk adds its read latency).
 
     python benchmarks/frames.py --cameras 4 --frames 60                      # small, a minute
-    python benchmarks/frames.py --cameras 20 --frames 300 --width 2704 --height 2028 \
-        --downscale 2                                                       # N3V scale (long)
+    python benchmarks/frames.py --cameras 20 --frames 300 --encodes 4       # N3V scale (676x507 loaded)
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ from moegs.data import DataConfig, load_scene  # noqa: E402
 from moegs.data.n3v import poses_bounds  # noqa: E402
 from moegs.data.sfm import cache_dir  # noqa: E402
 from moegs.data.video import write_video  # noqa: E402
-from moegs.io import write_json  # noqa: E402
+from moegs.io import atomic_path, write_json  # noqa: E402
 
 
 def textured_frames(width: int, height: int, frames: int, seed: int):
     """``frames`` ``[height, width, 3]`` uint8 frames: a multi-scale random texture panning
-    diagonally (2 px/frame) with a drifting brightness, generated one at a time."""
+    diagonally (2 px/frame) with a drifting brightness and sensor-like noise (which keeps the
+    bitrate near a real capture's), generated one at a time."""
     rng = np.random.default_rng(seed)
     pad = 2 * frames + 8
     W, H = width + pad, height + pad
@@ -63,35 +65,53 @@ def textured_frames(width: int, height: int, frames: int, seed: int):
         tex += weight * np.asarray(Image.fromarray(small).resize((W, H), Image.BICUBIC), np.float32)
     for t in range(frames):
         crop = tex[2 * t : 2 * t + height, 2 * t : 2 * t + width]
-        yield np.clip(crop * (0.9 + 0.1 * np.sin(t / 15)), 0, 255).astype(np.uint8)
+        noise = rng.normal(0.0, 3.0, (height, width, 1)).astype(np.float32)
+        yield np.clip(crop * (0.9 + 0.1 * np.sin(t / 15)) + noise, 0, 255).astype(np.uint8)
 
 
 def generate(root: Path, args: argparse.Namespace) -> Path:
-    """Write (or reuse) the N3V-layout scene for ``args`` under ``root``; returns its folder."""
-    key = hashlib.sha256(repr((args.cameras, args.frames, args.width, args.height, args.gop, args.crf, args.preset, 1)).encode()).hexdigest()[:12]
-    scene = root / f"n3v_{args.cameras}x{args.frames}_{args.width}x{args.height}_gop{args.gop}_{key}"
+    """Write (or reuse) the N3V-layout scene for ``args`` under ``root``; returns its folder.
+
+    ``args.encodes`` distinct videos are encoded (cached in ``root/videos_<settings>``); camera ``c``
+    gets a copy of video ``c % encodes`` (its own file: decoding and the store treat it as any other).
+    """
+    encodes = min(args.encodes or args.cameras, args.cameras)
+    settings = (args.frames, args.width, args.height, args.gop, args.crf, args.preset, 2)  # 2: content version
+    key = hashlib.sha256(repr(settings).encode()).hexdigest()[:12]
+    scene = root / f"n3v_{args.cameras}x{args.frames}_{args.width}x{args.height}_gop{args.gop}_{key}_e{encodes}"
     if (scene / "complete.json").is_file():
         return scene
-    scene.mkdir(parents=True, exist_ok=True)
-    cams = []
-    with tqdm(total=args.cameras * args.frames, desc="encoding scene", unit="frame", dynamic_ncols=True) as bar:
-        for c in range(args.cameras):
-            a = 0.8 * (c / max(1, args.cameras - 1) - 0.5)
-            eye = torch.tensor([4.0 * np.sin(a), 0.0, -4.0 * np.cos(a)])
-            f = 0.8 * args.width
-            cams.append(Camera(look_at(eye, torch.zeros(3), torch.tensor([0.0, -1.0, 0.0])), fx=f, fy=f, cx=args.width / 2,
-                               cy=args.height / 2, width=args.width, height=args.height, near=0.5, far=20.0))
-
+    pool = root / f"videos_{key}"
+    todo = [c for c in range(encodes) if not (pool / f"c{c:02d}.mp4").is_file()]
+    with tqdm(total=len(todo) * args.frames, desc="encoding videos", unit="frame", dynamic_ncols=True) as bar:
+        for c in todo:
             def counted(frames):
                 for fr in frames:
                     bar.update(1)
                     yield fr
 
-            write_video(scene / f"cam{c:02d}.mp4", counted(textured_frames(args.width, args.height, args.frames, seed=c)),
+            write_video(pool / f"c{c:02d}.mp4", counted(textured_frames(args.width, args.height, args.frames, seed=c)),
                         fps=30, crf=args.crf, keyframe_interval=args.gop, preset=args.preset)
+    cams = []
+    for c in range(args.cameras):
+        a = 0.8 * (c / max(1, args.cameras - 1) - 0.5)
+        eye = torch.tensor([4.0 * np.sin(a), 0.0, -4.0 * np.cos(a)])
+        f = 0.8 * args.width
+        cams.append(Camera(look_at(eye, torch.zeros(3), torch.tensor([0.0, -1.0, 0.0])), fx=f, fy=f, cx=args.width / 2,
+                           cy=args.height / 2, width=args.width, height=args.height, near=0.5, far=20.0))
+        with atomic_path(scene / f"cam{c:02d}.mp4", suffix=".mp4") as tmp:
+            shutil.copyfile(pool / f"c{c % encodes:02d}.mp4", tmp)
     np.save(scene / "poses_bounds.npy", poses_bounds(cams))
-    write_json(scene / "complete.json", {"cameras": args.cameras, "frames": args.frames})
+    write_json(scene / "complete.json", {"cameras": args.cameras, "frames": args.frames, "distinct_videos": encodes})
     return scene
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident set size (``VmHWM``; ``ru_maxrss`` would inherit the parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def measure(scene: Path, mode: str, store: Path, samples: int, downscale: float, seed: int) -> dict:
@@ -109,13 +129,17 @@ def measure(scene: Path, mode: str, store: Path, samples: int, downscale: float,
         build_s = time.perf_counter() - t0
         built = st.built
     rng = np.random.default_rng(seed)
-    times = []
+    frame_ms, image_ms = [], []
     for i in rng.integers(0, len(s.train_views), samples):
+        v = s.train_views[int(i)]
         t0 = time.perf_counter()
-        s.image(s.train_views[int(i)])
-        times.append(1e3 * (time.perf_counter() - t0))
-    out = {"mode": mode, "load_s": load_s, "build_s": build_s, "ms_mean": statistics.fmean(times),
-           "ms_median": statistics.median(times), "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        s.cache.get(v.source.key, v.source.load)  # the frame, as Scene.image gets it
+        t1 = time.perf_counter()
+        s.image(v)  # now from the cache: the conversion to a float tensor
+        frame_ms.append(1e3 * (t1 - t0))
+        image_ms.append(1e3 * (time.perf_counter() - t0))
+    out = {"mode": mode, "load_s": load_s, "build_s": build_s, "ms_mean": statistics.fmean(frame_ms),
+           "ms_median": statistics.median(frame_ms), "image_ms_mean": statistics.fmean(image_ms), "peak_rss_gib": peak_rss_gib(),
            "resolution": s.resolution(), "train_views": len(s.train_views)}
     if mode == "store":
         out["videos_built"] = built
@@ -132,6 +156,8 @@ def main() -> None:
     p.add_argument("--gop", type=int, default=250, help="keyframe interval (x264's default 250)")
     p.add_argument("--crf", type=int, default=20)
     p.add_argument("--preset", default="veryfast", help="x264 preset of the generated videos")
+    p.add_argument("--encodes", type=int, default=None,
+                   help="distinct videos to encode (default: one per camera); the other cameras get copies")
     p.add_argument("--samples", type=int, default=30, help="random frames timed per mode")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=None, help="where the scene and the store go (default: user cache)")
@@ -146,7 +172,8 @@ def main() -> None:
     root = args.workdir or cache_dir() / "bench" / "frames"
     t0 = time.perf_counter()
     scene = generate(root, args)
-    print(f"scene: {scene} ({args.cameras} cameras x {args.frames} frames, {args.width}x{args.height}, GOP {args.gop}; "
+    print(f"scene: {scene} ({args.cameras} cameras x {args.frames} frames, {args.width}x{args.height}, GOP {args.gop}, "
+          f"{min(args.encodes or args.cameras, args.cameras)} distinct videos; "
           f"ready in {time.perf_counter() - t0:.0f} s)", flush=True)
     store = root / "store"
     shutil.rmtree(store, ignore_errors=True)
@@ -163,9 +190,10 @@ def main() -> None:
     shutil.rmtree(store, ignore_errors=True)
     w, h = rows[0]["resolution"]
     print(f"\nloaded at {w}x{h}, {rows[0]['train_views']} training views, {args.samples} random frames; store {size:.2f} GiB")
-    print(f"{'mode':<14} {'ms/frame mean':>13} {'median':>8} {'build s':>8} {'peak RSS GiB':>12}")
+    print(f"{'mode':<14} {'ms/frame mean':>13} {'median':>8} {'+ to tensor':>11} {'build s':>8} {'peak RSS GiB':>12}")
     for r in rows:
-        print(f"{r['mode']:<14} {r['ms_mean']:>13.1f} {r['ms_median']:>8.1f} {r['build_s']:>8.1f} {r['peak_rss_gib']:>12.2f}")
+        print(f"{r['mode']:<14} {r['ms_mean']:>13.2f} {r['ms_median']:>8.2f} {r['image_ms_mean']:>11.2f} "
+              f"{r['build_s']:>8.1f} {r['peak_rss_gib']:>12.2f}")
     print(f"random access speed-up: {rows[0]['ms_mean'] / rows[2]['ms_mean']:.0f}x")
 
 

@@ -28,6 +28,7 @@ cache budget (a memory map would leave every page read resident in the process).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -35,7 +36,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Hashable, Sequence
+from typing import BinaryIO, Hashable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -134,7 +135,7 @@ class FrameStore:
         self.fallback = False
         self._ready = False
         self._lock = threading.Lock()
-        self._fds: dict[int, int] = {}  # read-only descriptors; pread needs no seek, so forks share them
+        self._files: dict[int, BinaryIO] = {}  # open store files; pread needs no seek, so threads and forks share them
         self._offset: dict[int, int] = {}
 
     def _entry(self, reader: VideoReader) -> _Entry:
@@ -167,19 +168,13 @@ class FrameStore:
         return out
 
     def _fd(self, video: int) -> int:
-        fd = self._fds.get(video)
-        if fd is None:
+        file = self._files.get(video)
+        if file is None:
             with self._lock:
-                fd = self._fds.get(video)
-                if fd is None:
-                    fd = self._fds[video] = os.open(self.entries[video].file, os.O_RDONLY)
-        return fd
-
-    def close(self) -> None:
-        with self._lock:
-            for fd in self._fds.values():
-                os.close(fd)
-            self._fds = {}
+                file = self._files.get(video)
+                if file is None:
+                    file = self._files[video] = open(self.entries[video].file, "rb", buffering=0)
+        return file.fileno()
 
     # ------------------------------------------------------------------ build
     def ensure(self) -> bool:
@@ -207,7 +202,8 @@ class FrameStore:
             return None
         return offset if entry.file.stat().st_size == offset + entry.nbytes else None
 
-    def _build_missing(self) -> None:
+    def _missing(self) -> list[int]:
+        """Videos without a complete store file (the others' data offsets are recorded)."""
         missing = []
         for v, entry in enumerate(self.entries):
             offset = self._valid_offset(entry)
@@ -215,26 +211,41 @@ class FrameStore:
                 missing.append(v)
             else:
                 self._offset[v] = offset
-        if not missing:
+        return missing
+
+    def _fall_back(self, problem: str) -> None:
+        warnings.warn(
+            f"{self.root}: {problem}; decoding frames from the videos instead (slow random access). Free disk "
+            "space, or set MOEGS_CACHE_DIR or data.frame_store_dir to another disk, or data.frame_store=lazy",
+            stacklevel=4,
+        )
+        self.fallback = True
+
+    def _build_missing(self) -> None:
+        if not self._missing():
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._remove_dead_temporaries()
-        need = sum(self.entries[v].nbytes for v in missing)
-        free = shutil.disk_usage(self.root).free
-        if need + _DISK_MARGIN > free:
-            warnings.warn(
-                f"{self.root}: the frame store needs {need / 2**30:.2f} GiB but {free / 2**30:.2f} GiB are free; "
-                "decoding frames from the videos instead (slow random access). Free disk space, or set "
-                "MOEGS_CACHE_DIR or data.frame_store_dir to a larger disk, or data.frame_store=lazy to silence this",
-                stacklevel=3,
-            )
-            self.fallback = True
-            return
-        total = len(missing) * len(self.frames)
-        with tqdm(total=total, desc="frame store", unit="frame", disable=None if self.progress else True, dynamic_ncols=True) as bar:
-            for v in missing:
-                self._offset[v] = self._build(self.entries[v], bar)
-                self.built += 1
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = open(self.root / ".build.lock", "a")
+        except OSError as e:
+            return self._fall_back(f"cannot write the frame store ({e.strerror})")
+        with lock:
+            # One builder at a time (other processes of a run wait here, then find the files built);
+            # the kernel releases the lock of a killed builder.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            missing = self._missing()
+            if not missing:
+                return
+            self._remove_dead_temporaries()
+            need = sum(self.entries[v].nbytes for v in missing)
+            free = shutil.disk_usage(self.root).free
+            if need + _DISK_MARGIN > free:
+                return self._fall_back(f"the frame store needs {need / 2**30:.2f} GiB but {free / 2**30:.2f} GiB are free")
+            total = len(missing) * len(self.frames)
+            with tqdm(total=total, desc="frame store", unit="frame", disable=None if self.progress else True, dynamic_ncols=True) as bar:
+                for v in missing:
+                    self._offset[v] = self._build(self.entries[v], bar)
+                    self.built += 1
 
     def _remove_dead_temporaries(self) -> None:
         """Delete temporary files of builds whose process is gone (killed builds)."""
