@@ -25,7 +25,9 @@ Frames: ``DataConfig.frame_step`` and ``max_frames`` pick frames ``0, s, 2s,
 (0 when ``K = 1``) and ``View.frame = k``. Images are downscaled by 2 by default
 (2704x2028 -> 1352x1014, the literature's setting) while decoding. Test views:
 the cameras in ``DataConfig.test_cameras`` (default cam00), numbered by their
-file names.
+file names. Decoded frames come from a frame store (:mod:`moegs.data.framestore`:
+each video decoded once, in order, into the user cache on first use) unless
+``DataConfig.frame_store`` is ``"lazy"`` or every video is intra-only.
 
 Initial points (``DataConfig.points``, see :mod:`moegs.data.points`): by default a
 COLMAP model of the first frame when the folder has one (``sparse/0``, ``sparse``,
