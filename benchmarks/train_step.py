@@ -1,14 +1,15 @@
 """Training-step benchmark: where one optimisation step of each expert spends its time on the CPU.
 
 For every expert (default: all registered) the script trains briefly on the scene (or loads a
-checkpoint), then times training steps split into: deformation (``gaussians_at``), projection +
+checkpoint), then times the training steps that follow ``--at-step`` (past the warm-ups, at full SH
+degree), split into: deformation (``gaussians_at``), projection +
 colour, compositing forward (binning, compositing), loss (L1 + D-SSIM, regularisers), backward, strategy (densification
 statistics) and optimizer. Beside it, the compositing forward + backward of the same frame
 alone, and the ratio step / compositing (what a step costs beyond the kernel that renders).
 A second table times the pure-PyTorch reference projection + colour against the fused native
 op on the same Gaussians (forward, and forward + backward). Medians over ``--repeats`` steps.
 
-    python benchmarks/train_step.py [SCENE] [--experts static,spacetime] [--train-steps 200]
+    python benchmarks/train_step.py [SCENE] [--experts static,spacetime] [--train-steps 100] [--at-step 3001]
         [--repeats 10] [--checkpoint EXPERT=PATH ...] [--downscale F] [--threads N]
 
 Without ``SCENE`` it uses the generated demo scene (``moegs demo``'s, 10 cameras x 24 frames at
@@ -33,7 +34,6 @@ from moegs.data.synthetic import ensure_default_scene  # noqa: E402
 from moegs.experts import EXPERTS, build_expert  # noqa: E402
 from moegs.render import bin_gaussians, finish_render, project_and_color, resolve_backend  # noqa: E402
 from moegs.render._cpu import composite_cpu  # noqa: E402
-from moegs.render.sh import num_sh_bases  # noqa: E402
 from moegs.train import TrainConfig  # noqa: E402
 from moegs.train.checkpoint import load_expert  # noqa: E402
 from moegs.train.run import scene_init  # noqa: E402
@@ -121,7 +121,7 @@ def projection_compare(expert, camera, repeats: int) -> dict[str, float]:
 
 
 def bench_expert(name: str, scene, args) -> tuple[dict, dict]:
-    # The default run length, so that learning rates are those of a real run's early steps.
+    # The default run length: learning rates at --at-step are those of a real run at that step.
     cfg = TrainConfig(expert=name, backend="cpu", seed=0, checkpoint_every=10**9, eval_at_end=False)
     backend = resolve_backend("cpu", torch.device("cpu"))
     ckpt = dict(item.split("=", 1) for item in args.checkpoint).get(name)
@@ -135,8 +135,9 @@ def bench_expert(name: str, scene, args) -> tuple[dict, dict]:
         for _ in range(args.train_steps):
             tr.train_step()
         print(f"  trained {name} {args.train_steps} steps in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    # Train at the highest SH degree the expert uses (the costliest colour).
-    tr.cfg.sh_increase_every = 1
+    # Time the steps of a run's middle: past every expert's warm-up (deformation fields on, keyframes
+    # subdivided), at the highest SH degree, between two densifications.
+    tr.step = max(tr.step, args.at_step)
     phases, full, alone = [], [], []
     for i in range(args.repeats + 2):
         s0 = clock()
@@ -159,8 +160,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("scene", nargs="?", help="scene folder (default: the generated demo scene)")
     ap.add_argument("--experts", default=",".join(EXPERTS), help="comma-separated expert names")
-    ap.add_argument("--train-steps", type=int, default=200, help="training steps before timing (opacities and "
+    ap.add_argument("--train-steps", type=int, default=100, help="training steps before timing (opacities and "
                     "colours past their initial values; the count is the initial points)")
+    ap.add_argument("--at-step", type=int, default=3001, help="training step the timed steps start from "
+                    "(schedules, warm-ups and SH degree as at that step)")
     ap.add_argument("--repeats", type=int, default=10, help="timed steps per expert (medians)")
     ap.add_argument("--checkpoint", action="append", default=[], metavar="EXPERT=PATH",
                     help="time a trained expert's checkpoint instead of training")
