@@ -320,9 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_flags(i)
     i.set_defaults(func=cmd_inspect)
 
+    from .export import add_parser as add_export
     from .prepare import add_parser as add_prepare
+    from .view import add_parser as add_view
 
     add_prepare(sub)
+    add_view(sub)
+    add_export(sub)
     return p
 
 

@@ -44,18 +44,20 @@ def save_expert(path: str | Path, expert: nn.Module, train_config: Any = None, *
     io.torch_save(payload, path)
 
 
-def load_checkpoint(path: str | Path, kind: str = FORMAT) -> dict:
-    """Read a checkpoint file, checking that it is a ``kind`` checkpoint; :class:`CheckpointError` otherwise."""
+def load_checkpoint(path: str | Path, kind: str | tuple[str, ...] = FORMAT) -> dict:
+    """Read a checkpoint file, checking that it is a ``kind`` checkpoint (one of ``kind`` when a tuple);
+    :class:`CheckpointError` otherwise."""
     path = Path(path)
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
     if not path.is_file():
         raise CheckpointError(path, "no such checkpoint file")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many types for truncated/corrupt files
         raise CheckpointError(path, f"not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-    if not isinstance(payload, dict) or payload.get("format") != kind:
+    if not isinstance(payload, dict) or payload.get("format") not in kinds:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise CheckpointError(path, f"not a {kind} checkpoint (found {found!r})")
+        raise CheckpointError(path, f"not a {' or '.join(kinds)} checkpoint (found {found!r})")
     return payload
 
 
