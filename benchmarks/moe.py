@@ -25,23 +25,11 @@ from moegs.data import load_scene  # noqa: E402
 from moegs.moe import MoEConfig, evaluate_mixture, load_mixture, train_mixture  # noqa: E402
 from moegs.moe.ablation import DESCRIPTIONS, format_table, run_ablation  # noqa: E402
 from moegs.moe.distill import distill, finetune  # noqa: E402
+from moegs.moe.efficiency import efficiency_table, format_efficiency_table  # noqa: E402
 from moegs.moe.prune import gate_prune  # noqa: E402
 from moegs.moe.viz import render_weight_video, save_weight_figure, usage_histogram  # noqa: E402
 from moegs.train import TrainConfig  # noqa: E402
 from moegs.train.run import train_expert  # noqa: E402
-
-
-@torch.no_grad()
-def measure_fps(render, views, repeats: int = 1) -> float:
-    """Frames per second of ``render`` over ``views`` (after one warm-up frame)."""
-    import time
-
-    render(views[0])
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        for v in views:
-            render(v)
-    return repeats * len(views) / (time.perf_counter() - t0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,17 +132,13 @@ def main(argv: list[str] | None = None) -> dict:
                                  "usage"]))
         results["ablation"] = abl
 
-    # ------------------------------------------------------- render cost
-    views = scene.test_views
-    fps_rows = [{"model": f"mixture ({len(names)} passes)", "fps": measure_fps(lambda v: mixture.render(v).color,
-                                                                                views, repeats=2)}]
-    bg = scene.background
-    for n, e in zip(names, mixture.experts):
-        fps_rows.append({"model": n, "fps": measure_fps(
-            lambda v, e=e: e.gaussians_at(v.time).render(v.camera, background=bg).color, views, repeats=2)})
-    print("\n== render cost (same run, test views) ==")
-    print(format_table(fps_rows))
-    results["fps"] = fps_rows
+    # ------------------------------------------------- efficiency table
+    eff = efficiency_table(mixture, scene, prune_views=scene.train_views[:: max(1, len(scene.train_views) // 40)],
+                           prune_threshold=args.prune_threshold)
+    print("\n== efficiency (test views, same run) ==")
+    print(format_efficiency_table(eff))
+    results["efficiency"] = eff
+    mixture_fps = next(r["fps"] for r in eff if r["model"] == "mixture single-pass")
 
     # ------------------------------------------------------------ pruning
     if mixture.router.uses_gates:
@@ -187,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
             {"model": f"{student} as trained", "test_psnr": evals[student]["psnr"], "test_ssim": evals[student]["ssim"],
              "gaussians": evals[student]["num_gaussians"], "fps": evals[student]["render_fps"]},
             {"model": "mixture (teacher)", "test_psnr": evals["mixture"]["psnr"], "test_ssim": evals["mixture"]["ssim"],
-             "gaussians": sum(evals["mixture"]["num_gaussians"]), "fps": fps_rows[0]["fps"]}]
+             "gaussians": sum(evals["mixture"]["num_gaussians"]), "fps": mixture_fps}]
     print("\n== distillation (test views) ==")
     print(format_table(drow))
     results["distillation"] = drow

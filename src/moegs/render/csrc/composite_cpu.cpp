@@ -337,15 +337,17 @@ void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scala
         continue;
       }
       tg.Load(means2d, conics, opacities, features, expert_ids, E, flatten_ids + start, count, D, ox, oy, ts);
+      tg.BuildRows(E, ts);
       scalar_t* tile_grads = pair_grads + start * K;
       for (int r = 0; r < ts && oy + r < H; ++r) {
         const int y = oy + r;
         const scalar_t pyc = scalar_t(y) + scalar_t(0.5);
+        const int* const rid = tg.row_ids.data() + tg.row_start[r];
+        const int rn = tg.row_start[r + 1] - tg.row_start[r];
         for (int c0 = 0; c0 < ts && ox + c0 < W; c0 += kLanes) {
           const int x0 = ox + c0;
           const int nl = std::min({kLanes, ts - c0, W - x0});
           scalar_t px[kLanes], ok_v[kLanes], alpha_v[kLanes], g_v[kLanes], w[kLanes], dl_dalpha[kLanes];
-          int max_last = 0;
           for (int l = 0; l < kLanes; ++l) {
             px[l] = scalar_t(x0 + l) + scalar_t(0.5);
           }
@@ -368,11 +370,11 @@ void BackwardKernel(const scalar_t* means2d, const scalar_t* conics, const scala
               }
               max_last_e[e] = std::max(max_last_e[e], in ? last_img[pix] : 0);
             }
-            max_last = std::max(max_last, max_last_e[e]);
           }
-          for (int i = max_last - 1; i >= 0; --i) {
+          for (int j = rn - 1; j >= 0; --j) {  // the row's Gaussians, back to front
+            const int i = rid[j];
             const int e = tg.eid[i];
-            if (i >= max_last_e[e] || r < tg.row_lo[i] || r > tg.row_hi[i]) {  // behind all of e's lanes, or off the row
+            if (i >= max_last_e[e]) {  // behind every lane of its expert
               continue;
             }
             scalar_t* const T = T_all + e * kLanes;
