@@ -3,6 +3,7 @@ gate-aware pruning and distillation, on one scene.
 
     python benchmarks/moe.py --scene DATA --experts a.pt b.pt [c.pt ...]
     python benchmarks/moe.py --train static hexplane embedding --expert-steps 2000   # generated scene
+    python benchmarks/moe.py --scene DATA --mixture mixture/checkpoints/last.pt      # efficiency table only
 
 Without ``--scene`` a small generated heterogeneous scene (``moegs.data.synthetic``) is written
 into the output folder. Without ``--experts`` the experts named by ``--train`` are trained first,
@@ -36,6 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--scene", type=Path, help="scene folder (default: generate a small synthetic scene)")
     p.add_argument("--experts", type=Path, nargs="+", help="expert checkpoints (2-5)")
+    p.add_argument("--mixture", type=Path, help="a trained mixture checkpoint: write its efficiency table only")
     p.add_argument("--train", nargs="+", default=["static", "hexplane", "embedding"],
                    help="experts to train when --experts is not given")
     p.add_argument("--expert-steps", type=int, default=1500, help="training steps of each expert")
@@ -74,6 +76,15 @@ def main(argv: list[str] | None = None) -> dict:
     scene = load_scene(args.scene, moe_cfg.data)
     print(f"scene {scene.name}: {len(scene.train_views)} train / {len(scene.test_views)} test views, "
           f"{scene.resolution()[0]}x{scene.resolution()[1]}", flush=True)
+
+    if args.mixture is not None:
+        mixture, _ = load_mixture(args.mixture)
+        eff = efficiency_table(mixture.eval(), scene, prune_threshold=args.prune_threshold,
+                               prune_views=scene.train_views[:: max(1, len(scene.train_views) // 40)])
+        print("\n== efficiency (test views, same run) ==")
+        print(format_efficiency_table(eff))
+        (out / "results.json").write_text(json.dumps({"efficiency": eff}, indent=2))
+        return {"efficiency": eff}
 
     # ------------------------------------------------------------- experts
     ckpts = args.experts

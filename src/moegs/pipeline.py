@@ -19,6 +19,7 @@ from .data import DataConfig, Scene, load_scene
 from .experts import ExpertConfig, expert_config
 from .moe import MoEConfig, load_mixture, oracle_headroom, train_mixture
 from .moe.build import spaced_views
+from .moe.efficiency import efficiency_table, format_efficiency_table
 from .moe.viz import render_weight_video, save_weight_figure, usage_histogram
 from .train import TrainConfig
 from .train.run import train_expert
@@ -143,12 +144,15 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
     lines += [f"![weights]({f})" for f in figures]
     lines += ["", f"Weight-map video of test camera {scene.test_views[0].camera.name}: "
               f"[{video.relative_to(out).as_posix()}]({video.relative_to(out).as_posix()})", ""]
+    eff = efficiency_table(mixture, scene, prune_views=spaced_views(scene.train_views, len(scene.test_views)))
+    lines += ["Efficiency on the test views (FPS on this machine; pruned: gate-aware pruning of a copy):", "", "```",
+              format_efficiency_table(eff), "```", ""]
     lpips_note = next((r.get("test_lpips_note") for r in rows.values() if r.get("test_lpips_note")), None)
     if lpips_note:
         lines.append(f"_{lpips_note}_")
     text = "\n".join(lines) + "\n"
     io.write_text(out / "report.md", text)
-    return {"table": table, "best_expert": best, "gain_over_best_db": gain, "usage": usage["usage"], "oracle": head,
+    return {"table": table, "efficiency": eff, "best_expert": best, "gain_over_best_db": gain, "usage": usage["usage"], "oracle": head,
             "figures": figures, "video": video.relative_to(out).as_posix()}
 
 

@@ -27,7 +27,7 @@ COLUMNS = ["model", "psnr", "ssim", "fps", "gaussians", "mb"]
 
 def _size(modules: list[nn.Module]) -> tuple[int, float]:
     """Gaussians (entries of every expert's ``splats``) and MB of every parameter and buffer of ``modules``."""
-    n = sum(m.splats["means"].shape[0] for m in modules if hasattr(m, "splats"))
+    n = sum(sub.splats["means"].shape[0] for m in modules for sub in m.modules() if hasattr(sub, "splats"))
     nbytes = sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
     return n, nbytes / 2**20
 

@@ -51,10 +51,11 @@ def contributions(mixture: Mixture, views: list[View]) -> list[Tensor]:
     sizes = [e.splats["means"].shape[0] for e in mixture.experts]
     out = [torch.zeros(n) for n in sizes]
     for v in views:
-        ones = torch.ones(sum(sizes), 1, device=mixture.background.device, requires_grad=True)
-        r = mixture.render(v, extra=ones)
-        used = (r.weights.detach().permute(2, 0, 1) * r.extra_maps[..., 0]).sum()  # sum_k sum_p w_k(p) E_k(p)
-        (grad,) = torch.autograd.grad(used, ones)
+        with torch.enable_grad():  # callers may be in no_grad mode
+            ones = torch.ones(sum(sizes), 1, device=mixture.background.device, requires_grad=True)
+            r = mixture.render(v, extra=ones)
+            used = (r.weights.detach().permute(2, 0, 1) * r.extra_maps[..., 0]).sum()  # sum_k sum_p w_k(p) E_k(p)
+            (grad,) = torch.autograd.grad(used, ones)
         for k, c in enumerate(grad[:, 0].detach().cpu().split(sizes)):
             out[k] = torch.maximum(out[k], c)
     return out
