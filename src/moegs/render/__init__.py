@@ -11,6 +11,10 @@ weights. Backends:
 - ``"cuda"``: gsplat's CUDA kernels, for tensors on a GPU (``pip install moegs[cuda]``).
 
 ``"auto"`` picks ``cuda`` for GPU tensors and ``cpu`` otherwise.
+
+``rasterize_experts`` (:mod:`moegs.render.multi`) renders the Gaussians of several experts in one
+pass - one projection, one depth sort, one transmittance per expert and pixel - into one image per
+expert, equal to separate ``rasterize`` calls.
 """
 
 from __future__ import annotations
