@@ -45,7 +45,7 @@ def _images(scene) -> dict[tuple[int, int], np.ndarray]:
 
 
 def _store_files(tmp_path) -> list[Path]:
-    return sorted(p for p in (tmp_path / "cache" / "frames").glob("*") if p.name != ".build.lock")
+    return sorted(p for p in (tmp_path / "cache" / "frames").glob("*") if p.suffix in (".npy", ".tmp"))  # stores, temporaries
 
 
 def test_store_frames_equal_the_lazy_decoder_exactly_and_stay_out_of_the_data_folder(tmp_path):
@@ -201,3 +201,17 @@ def test_build_streams_frame_by_frame_and_reads_stay_in_the_cache_budget(tmp_pat
         src = store.source(0, int(i))
         cache.get(src.key, src.load)
         assert cache.nbytes <= cache.max_bytes
+
+
+def test_stores_of_deleted_videos_are_removed_by_the_next_build(tmp_path):
+    write_n3v_scene(tmp_path / "a", ring_c2w(2), frames=4)
+    write_n3v_scene(tmp_path / "b", ring_c2w(2), frames=4, keyframe_interval=2)
+    _images(load_scene(tmp_path / "a", _cfg()))
+    a_files = _store_files(tmp_path)
+    assert len(a_files) == 2
+    for video in (tmp_path / "a").glob("*.mp4"):
+        video.unlink()
+    _images(load_scene(tmp_path / "b", _cfg()))
+    files = _store_files(tmp_path)
+    assert len(files) == 2 and not set(files) & set(a_files)
+    assert len(list((tmp_path / "cache" / "frames").glob("*.source"))) == 2

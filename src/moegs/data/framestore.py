@@ -13,7 +13,8 @@ images first; a :class:`FrameStore` does the same, once, on first use:
   the data folder unless ``DataConfig.frame_store_dir`` points there;
 * named by a hash of the video's absolute path, output size and frame indices
   (``downscale``, ``frame_step``, ``max_frames``), and of its size and
-  modification time: an edited video gets a new store, and the stale one is deleted;
+  modification time: an edited video gets a new store, and the stale one is deleted
+  (as are the stores of videos that no longer exist, whenever a store is built);
 * built video by video, streaming one decoded frame at a time into a temporary
   file that is renamed into place when complete, so a killed build leaves nothing
   that is trusted later (its temporary file is removed by the next build), and
@@ -42,7 +43,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from ..io import atomic_path
+from ..io import atomic_path, write_text
 from .config import FRAME_STORE_MODES
 from .sfm import cache_dir
 from .video import VideoReader
@@ -237,6 +238,7 @@ class FrameStore:
             if not missing:
                 return
             self._remove_dead_temporaries()
+            self._remove_orphans()
             need = sum(self.entries[v].nbytes for v in missing)
             free = shutil.disk_usage(self.root).free
             if need + _DISK_MARGIN > free:
@@ -256,6 +258,18 @@ class FrameStore:
                 continue
             if not _pid_alive(pid):
                 tmp.unlink(missing_ok=True)
+
+    def _remove_orphans(self) -> None:
+        """Delete the stores of videos that no longer exist (each store's ``<prefix>.source`` names its video)."""
+        for note in self.root.glob("*.source"):
+            try:
+                video = Path(note.read_text())
+            except OSError:
+                continue
+            if not video.exists():
+                for file in self.root.glob(f"{note.stem}-*.npy"):
+                    file.unlink(missing_ok=True)
+                note.unlink(missing_ok=True)
 
     def _build(self, entry: _Entry, bar: tqdm) -> int:
         """Decode ``entry``'s video into its store file atomically; returns the data offset."""
@@ -282,6 +296,7 @@ class FrameStore:
         for stale in self.root.glob(f"{entry.prefix}-*.npy"):  # older versions of the same video
             if stale != entry.file:
                 stale.unlink(missing_ok=True)
+        write_text(self.root / f"{entry.prefix}.source", str(reader.path.resolve()))
         return offset
 
 
