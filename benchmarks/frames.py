@@ -10,14 +10,15 @@ it), loads it through ``moegs.data.load_scene`` with ``DataConfig.frame_store``
   first; the access pattern of training), after the scene is loaded; ``+ to tensor``
   adds ``Scene.image``'s conversion to a float tensor (the same for both modes);
 * ``build s``: the store's first build (every video decoded once, in order);
-  ``reuse`` is a second process that finds the store built;
+  ``reuse`` is a second process that finds the store built, ``cold`` a third one that
+  first evicts the store files from the page cache (``posix_fadvise``), so its reads
+  come from the disk;
 * ``peak RSS``: the process's peak resident set size (``VmHWM``), build included.
 
 Each mode runs in its own process, so peaks do not mix. The generated scene is
 cached under ``--workdir`` (default ``$MOEGS_CACHE_DIR/bench/frames``, i.e.
 ``~/.cache/moegs/bench/frames``), keyed by the generation flags; the store is built
-in a fresh folder each run. Store reads hit the page cache the build just filled
-(a cold disk adds its read latency).
+in a fresh folder each run.
 
     python benchmarks/frames.py --cameras 4 --frames 60                      # small, a minute
     python benchmarks/frames.py --cameras 20 --frames 300 --encodes 4       # N3V scale (676x507 loaded)
@@ -122,18 +123,23 @@ def peak_rss_gib() -> float:
 
 def measure(scene: Path, mode: str, store: Path, samples: int, downscale: float, seed: int) -> dict:
     """Load ``scene`` with frame_store ``mode``, read ``samples`` random training views; timings and peak RSS."""
-    cfg = DataConfig(format="n3v", downscale=downscale, frame_store=mode, frame_store_dir=str(store),
+    cfg = DataConfig(format="n3v", downscale=downscale, frame_store="store" if mode == "cold" else mode, frame_store_dir=str(store),
                      points="random", num_random_points=1000)
     t0 = time.perf_counter()
     s = load_scene(scene, cfg)
     load_s = time.perf_counter() - t0
     build_s = 0.0
-    if mode == "store":
+    if mode in ("store", "cold"):
         st = s.train_views[0].source.store
         t0 = time.perf_counter()
         st.ensure()
         build_s = time.perf_counter() - t0
         built = st.built
+    if mode == "cold":  # evict the store files from the page cache: reads come from the disk
+        for entry in st.entries:
+            fd = os.open(entry.file, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
     rng = np.random.default_rng(seed)
     frame_ms, image_ms = [], []
     for i in rng.integers(0, len(s.train_views), samples):
@@ -147,7 +153,7 @@ def measure(scene: Path, mode: str, store: Path, samples: int, downscale: float,
     out = {"mode": mode, "load_s": load_s, "build_s": build_s, "ms_mean": statistics.fmean(frame_ms),
            "ms_median": statistics.median(frame_ms), "image_ms_mean": statistics.fmean(image_ms), "peak_rss_gib": peak_rss_gib(),
            "resolution": s.resolution(), "train_views": len(s.train_views)}
-    if mode == "store":
+    if mode in ("store", "cold"):
         out["videos_built"] = built
     return out
 
@@ -184,12 +190,14 @@ def main() -> None:
     store = root / "store"
     shutil.rmtree(store, ignore_errors=True)
     rows = []
-    for mode in ("lazy", "store", "store"):  # the second store run finds it built
+    for mode in ("lazy", "store", "store", "cold"):  # the later runs find the store built
         cmd = [sys.executable, __file__, "--child", mode, "--scene", str(scene), "--store", str(store),
                "--samples", str(args.samples), "--downscale", str(args.downscale), "--seed", str(args.seed)]
         res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         if mode == "store" and res["videos_built"] == 0:
             res["mode"] = "store (reuse)"
+        elif mode == "cold":
+            res["mode"] = "store (cold)"
         rows.append(res)
         print(json.dumps(res), flush=True)
     size = sum(f.stat().st_size for f in store.glob("*.npy")) / 2**30
