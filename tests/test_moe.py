@@ -310,3 +310,20 @@ def test_pruning_contributions_one_pass_match_k_passes(scene):
     many = contributions(mixture, scene.train_views[:3])
     for a, b in zip(one, many):
         assert a.max() > 0.5 and torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_efficiency_table_rows(scene):
+    from moegs.moe.efficiency import efficiency_table, format_efficiency_table
+
+    mixture, *_ = make_mixture(scene, "full")
+    rows = {r["model"]: r for r in efficiency_table(mixture, scene, prune_views=scene.train_views[:4],
+                                                    prune_threshold=0.5, repeats=1)}
+    assert list(rows) == ["static#0", "static#1", "mixture K-pass", "mixture single-pass", "pruned K-pass",
+                          "pruned single-pass"]
+    for label in ("mixture", "pruned"):
+        assert abs(rows[f"{label} K-pass"]["psnr"] - rows[f"{label} single-pass"]["psnr"]) < 1e-3
+    assert rows["mixture K-pass"]["gaussians"] == 2 * 567
+    assert 0 < rows["pruned single-pass"]["gaussians"] < rows["mixture single-pass"]["gaussians"]
+    assert all(r["fps"] > 0 and r["mb"] > 0 for r in rows.values())
+    assert mixture.num_experts == 2 and sum(e.splats["means"].shape[0] for e in mixture.experts) == 2 * 567
+    assert "pruned single-pass" in format_efficiency_table(list(rows.values()))

@@ -144,7 +144,8 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
     lines += [f"![weights]({f})" for f in figures]
     lines += ["", f"Weight-map video of test camera {scene.test_views[0].camera.name}: "
               f"[{video.relative_to(out).as_posix()}]({video.relative_to(out).as_posix()})", ""]
-    eff = efficiency_table(mixture, scene, prune_views=spaced_views(scene.train_views, len(scene.test_views)))
+    eff = efficiency_table(mixture, scene, prune_views=spaced_views(scene.train_views, len(scene.test_views)),
+                           repeats=1)
     lines += ["Efficiency on the test views (FPS on this machine; pruned: gate-aware pruning of a copy):", "", "```",
               format_efficiency_table(eff), "```", ""]
     lpips_note = next((r.get("test_lpips_note") for r in rows.values() if r.get("test_lpips_note")), None)

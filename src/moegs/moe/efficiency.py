@@ -1,17 +1,20 @@
 """Efficiency of a mixture: quality, speed and size of each expert alone, of the mixture rendered
 one pass per expert and in one pass, and of the same two after gate-aware pruning.
 
-Every row is measured on the same test views with :func:`moegs.eval.evaluate_renderer` (PSNR, SSIM,
-frames per second of the render calls alone); the frozen-expert render cache is off while timing,
-so every frame pays for its experts' Gaussians, projection and binning.
+Every row is measured on the same test views: PSNR and SSIM with :func:`moegs.eval.evaluate_renderer`,
+frames per second as the best of a few rounds in which all rows take turns (so that the machine's
+other load affects them alike). The frozen-expert render cache is off while timing, so every frame
+pays for its experts' Gaussians, projection and binning.
 """
 
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..data import Scene, View
 from ..eval import evaluate_renderer
@@ -32,25 +35,30 @@ def _size(modules: list[nn.Module]) -> tuple[int, float]:
     return n, nbytes / 2**20
 
 
+def _mixture_renderer(mixture: Mixture, single_pass: bool) -> Callable[[View], Tensor]:
+    def render(v: View) -> Tensor:
+        mixture.single_pass = single_pass
+        return mixture.render(v).color
+    return render
+
+
 @torch.no_grad()
-def _mixture_rows(mixture: Mixture, scene: Scene, views: list[View], label: str) -> list[dict]:
-    n, mb = _size([mixture])
-    rows = []
-    cache_mb, single = mixture.cache_mb, mixture.single_pass
-    mixture.cache_mb = 0.0
-    try:
-        for sp, name in ((False, "K-pass"), (True, "single-pass")):
-            mixture.single_pass = sp
-            res = evaluate_renderer(lambda v: mixture.render(v).color, scene, views, use_lpips=False)
-            rows.append({"model": f"{label} {name}", "psnr": res["psnr"], "ssim": res["ssim"], "fps": res["render_fps"],
-                         "gaussians": n, "mb": mb})
-    finally:
-        mixture.cache_mb, mixture.single_pass = cache_mb, single
-    return rows
+def _frames_per_second(renderers: dict[str, Callable[[View], Tensor]], views: list[View], repeats: int) -> dict:
+    """FPS of each renderer over ``views``: the best of ``repeats`` rounds, the renderers taking turns
+    within every round so that a change of the machine's load affects them alike."""
+    best = {k: float("inf") for k in renderers}
+    for _ in range(repeats):
+        for k, render in renderers.items():
+            t0 = time.perf_counter()
+            for v in views:
+                render(v)
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return {k: len(views) / t for k, t in best.items()}
 
 
 def efficiency_table(mixture: Mixture, scene: Scene, *, views: list[View] | None = None,
-                     prune_views: list[View] | None = None, prune_threshold: float = 0.05) -> list[dict]:
+                     prune_views: list[View] | None = None, prune_threshold: float = 0.05,
+                     repeats: int = 3) -> list[dict]:
     """Rows ``{"model", "psnr", "ssim", "fps", "gaussians", "mb"}``: each expert alone, the mixture
     (K-pass, single-pass) and a pruned copy of it (K-pass, single-pass).
 
@@ -59,22 +67,34 @@ def efficiency_table(mixture: Mixture, scene: Scene, *, views: list[View] | None
         scene: the scene; views: where quality and speed are measured (default: its test views).
         prune_views: views whose contributions decide the pruning (default: the training views).
         prune_threshold: contribution (pixels) under which a Gaussian is removed (:func:`gate_prune`).
+        repeats: timed rounds over ``views`` (FPS is the best round's).
     """
     views = scene.test_views if views is None else views
-    rows = []
-    with torch.no_grad():
-        for name, e in zip(mixture.names, mixture.experts):
-            res = evaluate_renderer(lambda v, e=e: render_expert(e, v.camera, v.time, background=scene.background,
-                                                                   backend=mixture.backend).color,
-                                    scene, views, use_lpips=False)
-            n, mb = _size([e])
-            rows.append({"model": name, "psnr": res["psnr"], "ssim": res["ssim"], "fps": res["render_fps"],
-                         "gaussians": n, "mb": mb})
-    rows += _mixture_rows(mixture, scene, views, "mixture")
     pruned = copy.deepcopy(mixture)
     pruned.clear_cache()
     gate_prune(pruned, scene.train_views if prune_views is None else prune_views, prune_threshold)
-    rows += _mixture_rows(pruned, scene, views, "pruned")
+    models: dict[str, tuple[Callable[[View], Tensor], list[nn.Module]]] = {}
+    for name, e in zip(mixture.names, mixture.experts):
+        models[name] = (lambda v, e=e: render_expert(e, v.camera, v.time, background=scene.background,
+                                                     backend=mixture.backend).color, [e])
+    for label, m in (("mixture", mixture), ("pruned", pruned)):
+        models[f"{label} K-pass"] = (_mixture_renderer(m, False), [m])
+        models[f"{label} single-pass"] = (_mixture_renderer(m, True), [m])
+    state = [(m, m.cache_mb, m.single_pass) for m in (mixture, pruned)]
+    for m, _, _ in state:
+        m.cache_mb = 0.0  # every frame pays for its experts' Gaussians, projection and bins
+    try:
+        with torch.no_grad():
+            quality = {k: evaluate_renderer(r, scene, views, use_lpips=False) for k, (r, _) in models.items()}
+            fps = _frames_per_second({k: r for k, (r, _) in models.items()}, views, repeats)
+    finally:
+        for m, cache_mb, single in state:
+            m.cache_mb, m.single_pass = cache_mb, single
+    rows = []
+    for k, (_, mods) in models.items():
+        n, mb = _size(mods)
+        rows.append({"model": k, "psnr": quality[k]["psnr"], "ssim": quality[k]["ssim"], "fps": fps[k],
+                     "gaussians": n, "mb": mb})
     return rows
 
 
