@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -215,3 +216,18 @@ def test_stores_of_deleted_videos_are_removed_by_the_next_build(tmp_path):
     files = _store_files(tmp_path)
     assert len(files) == 2 and not set(files) & set(a_files)
     assert len(list((tmp_path / "cache" / "frames").glob("*.source"))) == 2
+
+
+def test_concurrent_builders_decode_each_video_once(tmp_path):
+    paths = [write_video(tmp_path / f"cam{i:02d}.mp4", gradient_frames(12, seed=i), fps=30, keyframe_interval=4) for i in range(2)]
+    stores = [FrameStore([VideoReader(p, FrameCache(0)) for p in paths], range(0, 12, 2), tmp_path / "frames", progress=False)
+              for _ in range(2)]
+    threads = [threading.Thread(target=s.ensure) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(s.built for s in stores) == [0, 2]  # the second waited for the first, then found the files
+    assert sum(r.decoded for s in stores for r in s.readers) == 2 * 11
+    for v in range(2):
+        np.testing.assert_array_equal(stores[0].frame(v, 10), stores[1].frame(v, 10))

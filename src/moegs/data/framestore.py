@@ -44,7 +44,6 @@ from tqdm.auto import tqdm
 
 from ..errors import DataError
 from ..io import atomic_path, write_text
-from .config import FRAME_STORE_MODES
 from .sfm import cache_dir
 from .video import VideoReader
 
@@ -63,10 +62,9 @@ def use_store(mode: str, readers: Sequence[VideoReader]) -> bool:
     """Whether a scene of ``readers`` reads its frames from a store under ``DataConfig.frame_store`` ``mode``.
 
     ``"auto"`` uses a store unless every video is intra-only (a keyframe per frame,
-    where random access decodes one frame anyway).
+    where random access decodes one frame anyway). ``mode`` is one of ``FRAME_STORE_MODES``
+    (``DataConfig.check`` makes sure).
     """
-    if mode not in FRAME_STORE_MODES:
-        raise DataError(None, f"frame_store must be one of {', '.join(FRAME_STORE_MODES)}, got {mode!r}")
     if mode == "auto":
         return any(len(r.info.keyframes) < r.num_frames for r in readers)
     return mode == "store"
@@ -74,16 +72,6 @@ def use_store(mode: str, readers: Sequence[VideoReader]) -> bool:
 
 def _digest(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -250,14 +238,9 @@ class FrameStore:
                     self.built += 1
 
     def _remove_dead_temporaries(self) -> None:
-        """Delete temporary files of builds whose process is gone (killed builds)."""
+        """Delete the temporary files of killed builds (called with the build lock held: no build is running)."""
         for tmp in self.root.glob(".*.tmp"):
-            try:
-                pid = int(tmp.name.rsplit(".", 2)[-2])
-            except ValueError:
-                continue
-            if not _pid_alive(pid):
-                tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
 
     def _remove_orphans(self) -> None:
         """Delete the stores of videos that no longer exist (each store's ``<prefix>.source`` names its video)."""
@@ -276,8 +259,7 @@ class FrameStore:
         reader = entry.reader
         wanted = set(entry.frames)
         _, h, w, _ = entry.shape
-        # The temporary's name ends in the builder's pid, so a later build can tell a dead one's.
-        with atomic_path(entry.file, suffix=f".{os.getpid()}.tmp") as tmp, open(tmp, "wb") as f:
+        with atomic_path(entry.file) as tmp, open(tmp, "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": entry.shape})
             offset = f.tell()
             written = 0
