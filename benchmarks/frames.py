@@ -24,10 +24,10 @@ in a fresh folder each run.
     python benchmarks/frames.py --cameras 20 --frames 300 --encodes 4       # N3V scale (676x507 loaded)
 
 Measured with the second command on 2 busy CPU cores (5700 training views, 50 random
-frames): lazy 1003 ms per random frame (median 748), peak RSS 3.49 GiB; store 0.44 ms
-(median 0.23) once built, first build 112 s for 6000 frames (5.75 GiB on disk), peak
-RSS 0.33 GiB. Scene.image's conversion of the frame to a float tensor adds ~12 ms in
-both modes.
+frames): lazy 1238 ms per random frame (median 714), peak RSS 3.48 GiB; store 0.62 ms
+(median 0.27) once built, 3.8 ms with the page cache evicted, first build 126 s for
+6000 frames (5.75 GiB on disk), peak RSS 0.35 GiB. Scene.image's conversion of the
+frame to a float tensor adds ~10 ms in both modes.
 """
 
 from __future__ import annotations
