@@ -86,6 +86,14 @@ def expert_checkpoints(args: argparse.Namespace) -> list[Path]:
     return ckpts
 
 
+def command(args: argparse.Namespace) -> str:
+    """The command line that reproduces a row, without its variant and seed."""
+    src = f"--pipeline {args.pipeline}" if args.pipeline else "--experts " + " ".join(str(e) for e in args.experts)
+    if args.scene is not None and not args.default_scene:
+        src += f" --scene {args.scene}" + (f" --downscale {args.downscale:g}" if args.downscale else "")
+    return f"python benchmarks/router_study.py {src}"
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--pipeline", type=Path, help="a pipeline/demo output folder with trained experts")
@@ -108,6 +116,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
+    args.default_scene = args.scene is None
     if args.scene is None:
         from moegs.data.synthetic import ensure_default_scene
 
@@ -134,7 +143,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "test_ssim": summary.get("test_ssim"), "best_expert": mixture.names[test["best_expert"]],
                    "gain_db": test["gain_db"], "oracle_psnr": test["oracle_psnr"], "realised_test": test["realised"],
                    "realised_train": train["realised"], "gain_train_db": train["gain_db"],
-                   "command": f"python benchmarks/router_study.py --variants {name} --seeds {seed}"}
+                   "command": f"{command(args)} --variants {name} --seeds {seed}"}
             rows.append(row)
             print(format_table([row], [c for c in row if c != "command"]), flush=True)
     print("\n== router study (held-out cameras) ==")
@@ -180,7 +189,7 @@ def stage3(args, scene, ckpts, cfg: MoEConfig, run: Path, tcfg: TrainConfig) -> 
              "best_expert_psnr": max(h3["expert_psnr"])},
             {"model": f"best expert alone, + {J} steps", "test_psnr": max(alone), "best_expert_psnr": max(alone)}]
     for r in rows:
-        r["command"] = f"python benchmarks/router_study.py --variants {args.variants[0]} --joint-steps {J}"
+        r["command"] = f"{command(args)} --variants {args.variants[0]} --joint-steps {J}"
     print(f"\n== stage 3 ({J} steps) vs the experts fine-tuned alone (test views) ==")
     print(format_table(rows, ["model", "test_psnr", "best_expert_psnr"]))
     print("experts alone + steps: " + ", ".join(f"{n} {p:.2f}" for n, p in zip(before.names, alone)))

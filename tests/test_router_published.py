@@ -142,6 +142,7 @@ def test_masked_distillation_loss_is_its_formula():
 
 def test_distillation_fine_tunes_the_trained_expert_with_the_masked_loss(scene):
     mixture, *_ = make_mixture(scene, "uniform")
+    mixture.set_experts_trainable(False)  # as after stage 2: the student must unfreeze what it optimises
     k = 0
     teachers = teacher_targets(mixture, k, scene.train_views)
     with torch.no_grad():

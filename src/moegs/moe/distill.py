@@ -114,8 +114,10 @@ def _run(trainer: Trainer, scene: Scene, progress: bool, lr_scale: float) -> dic
 
 
 def _student(expert: nn.Module) -> nn.Module:
-    student = copy.deepcopy(expert)
-    student.requires_grad_(True)
+    student = copy.deepcopy(expert)  # a mixture's experts may be frozen: unfreeze what the expert optimises
+    for g in student.param_groups().values():
+        for p in g.params:
+            p.requires_grad_(True)
     return student
 
 
