@@ -64,5 +64,8 @@ def test_pipeline_writes_a_report(tiny, tmp_path):
     assert "| static |" in report and "mixture (full)" in report
     data = json.loads((tmp_path / "p" / "report.json").read_text())
     assert len(data["table"]) == 3 and (tmp_path / "p" / data["video"]).exists()
+    for split in ("test", "train"):  # the per-pixel oracle is at least as good as every expert, on every view
+        h = data["oracle"][split]
+        assert h["oracle_psnr"] >= max(h["expert_psnr"]) - 1e-9 and "| oracle PSNR |" in report
     for f in data["figures"]:
         assert (tmp_path / "p" / f).exists()
