@@ -161,7 +161,8 @@ class Viewer:
             self.server.stop()
             raise ConfigError(f"--port {self.config.port}: already in use on {self.config.host} "
                               "(choose another with --port)")
-        self.server.gui.configure_theme(control_layout="fixed", show_share_button=False)
+        self.server.gui.configure_theme(show_share_button=False)
+        self.server.gui.main_panel.dock_right()  # beside the canvas, never over the frame
         self._build_gui()
         self._player = threading.Thread(target=self._play_loop, name="moegs-view-play", daemon=True)
         self._player.start()
