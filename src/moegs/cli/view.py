@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 __all__ = ["add_parser", "cmd_view"]
 
@@ -17,7 +18,11 @@ def cmd_view(args: argparse.Namespace) -> int:
         cfg.device = args.device
     cfg.check()
     overrides = {k: getattr(args, k) for k in ("format", "downscale") if getattr(args, k) is not None}
-    model = ViewModel.load(args.checkpoint, args.data, overrides, backend=cfg.backend, device=cfg.device)
+    try:
+        model = ViewModel.load(args.checkpoint, args.data, overrides, backend=cfg.backend, device=cfg.device)
+    except KeyboardInterrupt:  # Ctrl-C while loading: nothing to keep or resume
+        print("moegs view: stopped", file=sys.stderr)
+        return 0
     if model.notice:
         print(f"moegs view: {model.notice}")
     serve(model, cfg)

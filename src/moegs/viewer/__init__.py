@@ -14,15 +14,19 @@ __all__ = ["BLEND", "FREE", "WEIGHTS", "ViewModel", "Viewer", "ViewerConfig", "r
 
 
 def serve(model: ViewModel, config: ViewerConfig | None = None) -> None:
-    """Run a viewer of ``model`` until Ctrl-C, printing its address; stops cleanly."""
+    """Run a viewer of ``model`` until Ctrl-C, printing its address; stops cleanly (also when interrupted
+    while starting)."""
+    import sys
     import time
 
-    viewer = Viewer(model, config)
-    print(f"moegs view: {viewer.url}  (Ctrl-C to stop)", flush=True)
+    viewer = None
     try:
+        viewer = Viewer(model, config)
+        print(f"moegs view: {viewer.url}  (Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        print("moegs view: stopped", file=sys.stderr)
     finally:
-        viewer.stop()
+        if viewer is not None:
+            viewer.stop()
