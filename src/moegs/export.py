@@ -61,7 +61,7 @@ def write_ply(gs: GaussianSet, path: str | Path) -> Path:
 
     sh = sh_coefficients(gs).detach().cpu().float()  # [N, K, 3]
     n, k = sh.shape[0], sh.shape[1]
-    cols = [gs.means.detach().cpu().float(), torch.zeros(n, 3), sh[:, 0],
+    cols = [gs.means.detach().cpu().float(), sh.new_zeros(n, 3), sh[:, 0],
             sh[:, 1:].transpose(1, 2).reshape(n, 3 * (k - 1)), gs.opacity_logits.detach().cpu().float()[:, None],
             gs.log_scales.detach().cpu().float(), gs.quats.detach().cpu().float()]
     data = torch.cat(cols, dim=1).numpy()

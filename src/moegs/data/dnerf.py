@@ -180,8 +180,8 @@ def random_cube_points(
         points ``[num, 3]`` float32 and colours ``[num, 3]`` float32 (all 0.5).
     """
     g = torch.Generator().manual_seed(int(seed))
-    points = (torch.rand(num, 3, generator=g) * 2.0 - 1.0) * half_size
-    return points, torch.full((num, 3), 0.5)
+    points = (torch.rand(num, 3, generator=g) * 2.0 - 1.0) * half_size  # cpu: host-side scene data, moved by the trainers
+    return points, torch.full((num, 3), 0.5)  # cpu: host-side scene data, moved by the trainers
 
 
 def _normalised_times(raw: dict[str, list[float | None]], paths: dict[str, Path]) -> tuple[dict[str, list[float]], str]:
@@ -276,7 +276,7 @@ def load(path: Path, config: DataConfig) -> Scene:
         test_views=test_views,
         points=points,
         point_colors=colors,
-        background=torch.ones(3) if white else torch.zeros(3),
+        background=torch.ones(3) if white else torch.zeros(3),  # cpu: host-side scene data, moved by the trainers
         cache=FrameCache(config.cache_bytes),
         info=info,
     )

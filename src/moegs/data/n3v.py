@@ -327,7 +327,7 @@ def load(path: Path, config: DataConfig) -> Scene:
         test_views=test,
         points=torch.from_numpy(np.asarray(xyz)).float().reshape(-1, 3),
         point_colors=torch.from_numpy(np.asarray(rgb)).float().reshape(-1, 3),
-        background=torch.full((3,), 1.0 if config.white_background else 0.0),
+        background=torch.full((3,), 1.0 if config.white_background else 0.0),  # cpu: host-side scene data, moved by the trainers
         cache=cache,
         info={
             "cameras": len(videos),

@@ -162,9 +162,9 @@ def axes_center(cameras: list[Camera]) -> Tensor:
     """
     centers = torch.stack([c.center for c in cameras]).double()  # [C, 3]
     dirs = torch.stack([c.R[2] for c in cameras]).double()  # [C, 3] optical axes (camera +z in world)
-    proj = torch.eye(3, dtype=torch.float64) - dirs[:, :, None] * dirs[:, None, :]  # [C, 3, 3]
+    proj = torch.eye(3, dtype=torch.float64) - dirs[:, :, None] * dirs[:, None, :]  # cpu: host-side scene data, moved by the trainers; [C, 3, 3]
     ridge = 1e-6 * len(cameras)
-    A = proj.sum(0) + ridge * torch.eye(3, dtype=torch.float64)
+    A = proj.sum(0) + ridge * torch.eye(3, dtype=torch.float64)  # cpu: host-side scene data, moved by the trainers
     b = (proj @ centers[:, :, None]).sum(0)[:, 0] + ridge * centers.mean(0)
     return torch.linalg.solve(A, b).float()
 
@@ -185,8 +185,8 @@ def frustum_overlap_points(cameras: list[Camera], num: int, seed: int = 0) -> Te
     center = axes_center(cameras).double()
     centers = torch.stack([c.center for c in cameras]).double()  # [C, 3]
     half = (centers - center).norm(dim=-1).max().clamp_min(1e-6)
-    cand = center + half * (2.0 * torch.rand(num * _CANDIDATES_PER_POINT, 3, generator=g, dtype=torch.float64) - 1.0)
-    seen = torch.zeros(len(cand), dtype=torch.int64)
+    cand = center + half * (2.0 * torch.rand(num * _CANDIDATES_PER_POINT, 3, generator=g, dtype=torch.float64) - 1.0)  # cpu: host-side scene data, moved by the trainers
+    seen = torch.zeros(len(cand), dtype=torch.int64)  # cpu: host-side scene data, moved by the trainers
     for cam in cameras:
         uv, z = cam.project(cand)
         inside = (z > cam.near) & (uv[:, 0] >= 0) & (uv[:, 0] < cam.width) & (uv[:, 1] >= 0) & (uv[:, 1] < cam.height)
@@ -308,7 +308,7 @@ def load(path: Path, config: DataConfig) -> Scene:
         "initial_points": point_source,
         "world_frame": "mirrored in the files (det -1): reflected on load, x -> -x" if mirrored else "as in the files",
     }
-    background = torch.ones(3) if config.white_background else torch.zeros(3)
+    background = torch.ones(3) if config.white_background else torch.zeros(3)  # cpu: host-side scene data, moved by the trainers
     return Scene(
         name=root.resolve().name,
         format="panoptic",

@@ -131,7 +131,7 @@ class Scene:
     test_views: list[View]
     points: Tensor
     point_colors: Tensor
-    background: Tensor = field(default_factory=lambda: torch.zeros(3))
+    background: Tensor = field(default_factory=lambda: torch.zeros(3))  # cpu: host-side scene data, moved by the trainers
     cache: FrameCache = field(default_factory=FrameCache)
     info: dict = field(default_factory=dict)
 

@@ -164,7 +164,7 @@ def _fundamental(a: Camera, b: Camera) -> Tensor:
     Ta, Tb = a.world_to_camera.double(), b.world_to_camera.double()
     rel = Tb @ torch.linalg.inv(Ta)  # camera a -> camera b
     R, t = rel[:3, :3], rel[:3, 3]
-    tx = torch.tensor([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]], dtype=torch.float64)
+    tx = torch.tensor([[0.0, -t[2], t[1]], [t[2], 0.0, -t[0]], [-t[1], t[0], 0.0]], dtype=torch.float64)  # cpu: host-side scene data, moved by the trainers
     return torch.linalg.inv(b.K.double()).T @ tx @ R @ torch.linalg.inv(a.K.double())
 
 
@@ -181,11 +181,11 @@ def _mutual_matches(da: Tensor, db: Tensor, max_ratio: float) -> Tensor:
     """``[M, 2]`` index pairs of mutual nearest neighbours between descriptors ``da [Na, D]`` and ``db [Nb, D]``
     (unit rows) that pass Lowe's ratio test both ways."""
     if len(da) < 2 or len(db) < 2:
-        return torch.zeros(0, 2, dtype=torch.int64)
+        return torch.zeros(0, 2, dtype=torch.int64)  # cpu: host-side scene data, moved by the trainers
     dist = (2.0 - 2.0 * da @ db.T).clamp_min(0.0).sqrt()  # [Na, Nb]
     va, ia = dist.topk(2, dim=1, largest=False)
     vb, ib = dist.topk(2, dim=0, largest=False)
-    a = torch.arange(len(da))
+    a = torch.arange(len(da))  # cpu: host-side scene data, moved by the trainers
     j = ia[:, 0]
     ok = (ib[0, j] == a) & (va[:, 0] < max_ratio * va[:, 1]) & (vb[0, j] < max_ratio * vb[1, j])
     return torch.stack((a[ok], j[ok]), 1)

@@ -143,7 +143,7 @@ def load(path: Path, config: DataConfig) -> Scene:
         test_views=test,
         points=points,
         point_colors=colors,
-        background=torch.full((3,), 1.0 if white else 0.0),
+        background=torch.full((3,), 1.0 if white else 0.0),  # cpu: host-side scene data, moved by the trainers
         cache=FrameCache(config.cache_bytes),
         info={
             "split": split,

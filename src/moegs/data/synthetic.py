@@ -159,9 +159,9 @@ def _quat_mul(a: Tensor, b: Tensor) -> Tensor:
 
 def _axis_angle_quat(axis: tuple[float, float, float], angle: float) -> Tensor:
     """``[4]`` unit quaternion of a rotation by ``angle`` radians about ``axis``."""
-    a = torch.tensor(axis, dtype=torch.float32)
+    a = torch.tensor(axis, dtype=torch.float32)  # cpu: host-side scene data, moved by the trainers
     a = a / a.norm()
-    return torch.cat((torch.tensor([math.cos(angle / 2)]), math.sin(angle / 2) * a))
+    return torch.cat((torch.tensor([math.cos(angle / 2)]), math.sin(angle / 2) * a))  # cpu: host-side scene data, moved by the trainers
 
 
 def _fibonacci_sphere(n: int) -> np.ndarray:
@@ -197,7 +197,7 @@ class _Part:
 def _make_set(means: np.ndarray, scales: np.ndarray, colors: np.ndarray, opacity: float | np.ndarray = _OPACITY) -> GaussianSet:
     """Axis-aligned Gaussians: ``means [M, 3]``, standard deviations ``scales [M, 3]`` (or ``[3]``), RGB ``colors [M, 3]``."""
     M = len(means)
-    quats = torch.zeros(M, 4)
+    quats = torch.zeros(M, 4)  # cpu: host-side scene data, moved by the trainers
     quats[:, 0] = 1.0
     scales = np.broadcast_to(np.asarray(scales, np.float64), (M, 3))
     opac = np.clip(np.broadcast_to(np.asarray(opacity, np.float64), (M,)), _LOGIT_EPS, 1 - _LOGIT_EPS)
@@ -257,7 +257,7 @@ _CUBE_HALF = 0.2
 def _cube_pose(t: float) -> tuple[Tensor, Tensor]:
     """``[4]`` rotation quaternion and ``[3]`` centre of the cube at time ``t``."""
     a = 2 * math.pi * t
-    centre = torch.tensor([-1.0 + 0.22 * math.sin(a), 0.45 + 0.12 * math.cos(a), 0.15 + 0.18 * math.sin(2 * a)])
+    centre = torch.tensor([-1.0 + 0.22 * math.sin(a), 0.45 + 0.12 * math.cos(a), 0.15 + 0.18 * math.sin(2 * a)])  # cpu: host-side scene data, moved by the trainers
     return _axis_angle_quat((0.4, 0.3, 1.0), 0.3 + 1.5 * math.pi * t), centre
 
 
@@ -336,13 +336,13 @@ def _appearing(rng: np.random.Generator) -> _Part:
     rgb_b = np.where(spots[:, None], [0.95, 0.95, 0.95], [0.10, 0.60, 0.60])
     a = _make_set(pa, sa, rgb_a + _grain(rng, len(rgb_a), 0.02))
     b = _make_set(pb, sb, rgb_b + _grain(rng, len(rgb_b), 0.02))
-    windows = torch.tensor([[0.05, 0.60]] * len(pa) + [[0.40, 0.95]] * len(pb))
+    windows = torch.tensor([[0.05, 0.60]] * len(pa) + [[0.40, 0.95]] * len(pb))  # cpu: host-side scene data, moved by the trainers
     return _Part("appearing", _concat([a, b]), partial(_fade, windows))
 
 
 def _recolor(rest: GaussianSet, t: float) -> GaussianSet:
     """Colour = rest brightness pattern x a hue that goes once around the colour wheel."""
-    hue = torch.tensor([0.5 + 0.45 * math.cos(2 * math.pi * (t + c / 3)) for c in range(3)])
+    hue = torch.tensor([0.5 + 0.45 * math.cos(2 * math.pi * (t + c / 3)) for c in range(3)])  # cpu: host-side scene data, moved by the trainers
     return GaussianSet(rest.means, rest.quats, rest.log_scales, rest.opacity_logits, rest.colors * hue)
 
 
@@ -388,7 +388,7 @@ class GroundTruth:
     @property
     def labels(self) -> Tensor:
         """``[N]`` int64 index into :data:`COMPONENTS` of every Gaussian (the order of :meth:`at`)."""
-        return torch.cat([torch.full((len(p.rest),), COMPONENTS.index(p.name)) for p in self.parts])
+        return torch.cat([torch.full((len(p.rest),), COMPONENTS.index(p.name)) for p in self.parts])  # cpu: host-side scene data, moved by the trainers
 
     def at(self, t: float, components: tuple[str, ...] | None = None) -> GaussianSet:
         """The Gaussians (RGB colours) at normalised time ``t``, all ``N`` or those of ``components``."""
@@ -411,11 +411,11 @@ def ground_truth(config: SyntheticConfig | None = None) -> GroundTruth:
     parts = [_BUILDERS[name](np.random.default_rng([config.seed, COMPONENTS.index(name)]))
              for name in config.components]
     all_means = torch.cat([p.rest.means for p in parts])
-    target = torch.tensor(_TARGET)
+    target = torch.tensor(_TARGET)  # cpu: host-side scene data, moved by the trainers
     f = _FOCAL_PER_WIDTH * config.width
     cameras = []
     for i, (yaw, pitch) in enumerate(_rig(config)):
-        eye = target + _DISTANCE * torch.tensor([math.sin(yaw) * math.cos(pitch), -math.cos(yaw) * math.cos(pitch), math.sin(pitch)])
+        eye = target + _DISTANCE * torch.tensor([math.sin(yaw) * math.cos(pitch), -math.cos(yaw) * math.cos(pitch), math.sin(pitch)])  # cpu: host-side scene data, moved by the trainers
         w2c = look_at(eye, target)
         # LLFF-style bounds: the range of depths of the scene's content, with a margin.
         z = (all_means @ w2c[:3, :3].T + w2c[:3, 3])[:, 2]

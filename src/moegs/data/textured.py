@@ -41,22 +41,22 @@ def blob_gaussians(seed: int = 0) -> GaussianSet:
     means = np.concatenate([wall, floor, cloud])
     k = len(means)
     return GaussianSet(
-        means=torch.tensor(means, dtype=torch.float32),
-        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(k, 1),
-        log_scales=torch.tensor(np.log(g.uniform(0.01, 0.025, (k, 1))).repeat(3, 1), dtype=torch.float32),
-        opacity_logits=torch.full((k,), 4.0),
-        colors=torch.tensor(g.uniform(0, 1, (k, 3)), dtype=torch.float32),
+        means=torch.tensor(means, dtype=torch.float32),  # cpu: host-side scene data, moved by the trainers
+        quats=torch.tensor([[1.0, 0.0, 0.0, 0.0]]).repeat(k, 1),  # cpu: host-side scene data, moved by the trainers
+        log_scales=torch.tensor(np.log(g.uniform(0.01, 0.025, (k, 1))).repeat(3, 1), dtype=torch.float32),  # cpu: host-side scene data, moved by the trainers
+        opacity_logits=torch.full((k,), 4.0),  # cpu: host-side scene data, moved by the trainers
+        colors=torch.tensor(g.uniform(0, 1, (k, 3)), dtype=torch.float32),  # cpu: host-side scene data, moved by the trainers
     )
 
 
 def blob_rig(num_cameras: int, width: int, height: int, spread: float = 0.3) -> list[Camera]:
     """Cameras on an ellipse of viewing directions (yaw and pitch vary), all looking at one point."""
-    target = torch.tensor([0.0, 0.5, 0.2])
+    target = torch.tensor([0.0, 0.5, 0.2])  # cpu: host-side scene data, moved by the trainers
     cams = []
     for i in range(num_cameras):
         phi = 2 * math.pi * i / num_cameras
         yaw, pitch = spread * math.cos(phi), 0.25 + 0.6 * spread * math.sin(phi)
-        eye = target + 3.5 * torch.tensor([math.sin(yaw) * math.cos(pitch), -math.cos(yaw) * math.cos(pitch), math.sin(pitch)])
+        eye = target + 3.5 * torch.tensor([math.sin(yaw) * math.cos(pitch), -math.cos(yaw) * math.cos(pitch), math.sin(pitch)])  # cpu: host-side scene data, moved by the trainers
         cams.append(Camera(look_at(eye, target), 0.9 * width, 0.9 * width, width / 2, height / 2, width, height,
                            near=0.5, far=10.0, name=f"cam{i:02d}"))
     return cams

@@ -88,7 +88,8 @@ class Mixture(nn.Module):
         self.experts = nn.ModuleList(experts)
         self.gates = nn.ModuleList(gates if router.uses_gates else [])
         self.router = router
-        self.register_buffer("background", torch.zeros(3) if background is None else background.float().clone())
+        self.register_buffer("background", torch.zeros(3) if background is None  # cpu: moved with the module
+                             else background.float().clone())
         self.backend = backend
         self.single_pass = single_pass
         self.cache_mb = float(cache_mb)

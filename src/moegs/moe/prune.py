@@ -49,7 +49,7 @@ def contributions(mixture: Mixture, views: list[View]) -> list[Tensor]:
     One mixture render per view: the channel of ones rides along with the gates in the same pass.
     """
     sizes = [e.splats["means"].shape[0] for e in mixture.experts]
-    out = [torch.zeros(n) for n in sizes]
+    out = [torch.zeros(n) for n in sizes]  # cpu: host-side maxima of the .cpu() contributions
     for v in views:
         with torch.enable_grad():  # callers may be in no_grad mode
             ones = torch.ones(sum(sizes), 1, device=mixture.background.device, requires_grad=True)

@@ -30,7 +30,7 @@ __all__ = ["expert_palette", "weight_map_rgb", "legend_strip", "frame_panel", "s
 def expert_palette(num_experts: int) -> Tensor:
     """``[K, 3]`` one distinct colour per expert (``tab10``, then ``tab20``)."""
     cmap = matplotlib.colormaps["tab10" if num_experts <= 10 else "tab20"]
-    return torch.tensor([cmap(k % cmap.N)[:3] for k in range(num_experts)], dtype=torch.float32)
+    return torch.tensor([cmap(k % cmap.N)[:3] for k in range(num_experts)], dtype=torch.float32)  # cpu: figure colours
 
 
 def weight_map_rgb(weights: Tensor, palette: Tensor | None = None) -> Tensor:
@@ -58,7 +58,7 @@ def frame_panel(out: MixtureOutput, names: list[str]) -> np.ndarray:
     tiles = [out.color, weight_map_rgb(out.weights), *out.expert_colors]
     row = np.concatenate([to_uint8(t) for t in tiles], axis=1)
     legend = legend_strip(["blend", "weights"] + names, row.shape[1],
-                          palette=torch.cat((torch.ones(2, 3), expert_palette(len(names)))))
+                          palette=torch.cat((torch.ones(2, 3), expert_palette(len(names)))))  # cpu: figure colours
     return np.concatenate((row, legend), axis=0)
 
 
@@ -109,8 +109,8 @@ def usage_histogram(mixture: Mixture, scene: Scene, path: str | Path, views: lis
     """
     views = scene.test_views if views is None else views
     K = mixture.num_experts
-    hist = torch.zeros(K, bins)
-    usage, wins, pixels = torch.zeros(K), torch.zeros(K), 0
+    hist = torch.zeros(K, bins)  # cpu: host-side statistics of the .cpu() weights
+    usage, wins, pixels = torch.zeros(K), torch.zeros(K), 0  # cpu: as hist
     for v in views:
         w = mixture.render(v).weights.detach().cpu().reshape(-1, K)
         pixels += w.shape[0]
@@ -122,7 +122,7 @@ def usage_histogram(mixture: Mixture, scene: Scene, path: str | Path, views: lis
     names, pal = mixture.names, expert_palette(K)
     fig = Figure(figsize=(9, 3.2))
     a, b = fig.subplots(1, 2)
-    centres = (torch.arange(bins) + 0.5) / bins
+    centres = (torch.arange(bins) + 0.5) / bins  # cpu: figure axis
     for k in range(K):
         a.plot(centres.numpy(), hist[k].numpy(), color=pal[k].tolist(), marker="o", ms=3, label=names[k])
     a.set_yscale("log")

@@ -9,6 +9,8 @@ tiles so memory stays bounded; autograd gives the backward.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -93,7 +95,7 @@ def composite_torch(
         incl = incl - torch.cat((incl.new_zeros(1, P), incl))[first]
         excl = incl - log1m
         with torch.no_grad():
-            keep = incl >= torch.log(torch.tensor(T_MIN, dtype=torch.float64))
+            keep = incl >= math.log(T_MIN)
         w = (alpha * torch.exp(excl).to(dt)) * keep.to(dt)
 
         # Add each pair's [P, D] slab into its (tile, expert) block.

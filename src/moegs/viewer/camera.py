@@ -30,7 +30,8 @@ def camera_from_pose(position: np.ndarray, wxyz: np.ndarray, fov: float, width: 
     w2c[:3, :3] = R.T
     w2c[:3, 3] = -R.T @ np.asarray(position, dtype=np.float64)
     f = 0.5 * height / math.tan(0.5 * fov)
-    return Camera(torch.tensor(w2c, dtype=torch.float32), f, f, width / 2.0, height / 2.0, width, height,
+    return Camera(torch.tensor(w2c, dtype=torch.float32), f,  # cpu: camera poses are host-side values
+                  f, width / 2.0, height / 2.0, width, height,
                   time=float(time), name="free")
 
 

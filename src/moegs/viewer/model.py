@@ -117,7 +117,7 @@ class ViewModel:
             except MoegsError as e:
                 notice = f"scene not loaded ({e}): free camera only"
         bg = mixture.background if mixture is not None else (scene.background if scene is not None
-                                                              else torch.zeros(3))
+                                                              else torch.zeros(3, device=dev))
         return cls(path, expert, mixture, sorted(float(t) for t in times), scene, notice, bg.to(dev).float(),
                    backend)
 
