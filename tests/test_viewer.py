@@ -70,6 +70,11 @@ class Page:
         self.browser.close()
         self.viewer.stop()
 
+    def choose(self, current: str, option: str) -> None:
+        """Pick ``option`` in the page's dropdown that shows ``current``, as a user would."""
+        self.page.locator(f"input[value='{current}']").first.click()
+        self.page.get_by_role("option", name=option, exact=True).first.click()
+
     def client(self):
         deadline = time.monotonic() + 30
         while not self.viewer.clients:
@@ -170,7 +175,7 @@ def test_mixture_weight_map_uses_the_legend_colours(runs):
         try:
             ref, cam = _reference(model, label, model.times[0])
             view.wait_for(lambda f, _: _psnr(f, ref) > PSNR_BAR, "the blend")
-            view.viewer.mode.value = WEIGHTS
+            view.choose("blend", WEIGHTS)
             wmap = model.render(cam, model.times[0], WEIGHTS).astype(np.float64) / 255.0
             shown = view.wait_for(lambda f, _: _psnr(f, wmap) > PSNR_BAR, "the weight map")
             # Every pixel is a blend w c_0 + (1 - w) c_1 of the two legend colours: near their segment
@@ -184,10 +189,10 @@ def test_mixture_weight_map_uses_the_legend_colours(runs):
             assert view.viewer.legend.visible
             assert view.page.get_by_text("legend").count() >= 1
             # One expert alone, then the gate-pruned mixture.
-            view.viewer.mode.value = "spacetime"
+            view.choose(WEIGHTS, "spacetime")
             alone = model.render(cam, model.times[0], "spacetime").astype(np.float64) / 255.0
             view.wait_for(lambda f, _: _psnr(f, alone) > PSNR_BAR, "the spacetime expert alone")
-            view.viewer.mode.value = "blend"
+            view.choose("spacetime", "blend")
             view.viewer.pruned.value = True
             counts = model.prune_counts
             assert [a + r for a, r in zip(counts["after"], counts["removed"])] == counts["before"]
