@@ -61,7 +61,7 @@ def test_pipeline_writes_a_report(tiny, tmp_path):
     _ok(["pipeline", str(tiny), "--experts", "static", "spacetime", "--expert-steps", "6", "--moe-steps", "4",
          "--downscale", "1", "--out", str(tmp_path / "p"), "--quiet"])
     report = (tmp_path / "p" / "report.md").read_text()
-    assert "| static |" in report and "mixture (full)" in report
+    assert "| static |" in report and "mixture (gates)" in report
     data = json.loads((tmp_path / "p" / "report.json").read_text())
     assert len(data["table"]) == 3 and (tmp_path / "p" / data["video"]).exists()
     for split in ("test", "train"):  # the per-pixel oracle is at least as good as every expert, on every view

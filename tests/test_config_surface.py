@@ -42,9 +42,9 @@ def test_bad_overrides_name_the_problem(item, words):
 def test_pipeline_overrides_each_expert_by_name():
     cfg = PipelineConfig().with_experts(["static", "deformable"])
     apply_overrides(cfg, ["experts.deformable.warmup_steps=7", "experts.static.gaussians.init_opacity=0.2",
-                          "moe.router=gates"])
+                          "moe.router=full"])
     assert cfg.experts["deformable"].warmup_steps == 7 and cfg.experts["static"].gaussians.init_opacity == 0.2
-    assert cfg.moe.router == "gates"
+    assert cfg.moe.router == "full"  # the pipeline default is gates
     with pytest.raises(ConfigError, match="have: static, deformable"):
         apply_overrides(cfg, ["experts.spacetime.gaussians.sh_degree=1"])
 
