@@ -130,7 +130,10 @@ def write_splat(gs: GaussianSet, path: str | Path) -> Path:
 
 def read_splat(path: str | Path) -> GaussianSet:
     """A :class:`GaussianSet` (RGB colour) from a ``.splat`` file; :class:`DataError` when it is not one."""
-    raw = Path(path).read_bytes()
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise DataError(path, f"cannot read ({e.strerror or e})") from None
     if len(raw) % 32:
         raise DataError(path, f"not a .splat file ({len(raw)} bytes is not a multiple of 32)")
     rec = np.frombuffer(raw, dtype=[("pos", "<f4", 3), ("scale", "<f4", 3), ("rgba", "u1", 4), ("rot", "u1", 4)])
@@ -157,10 +160,15 @@ def export_gaussians(expert: torch.nn.Module, times: list[float], out: str | Pat
         out.with_name(f"{out.stem}_{i:04d}{suffix}") for i in range(len(times))]
     was_training = expert.training
     expert.eval()
+    done: list[Path] = []
     try:
         with torch.no_grad():
             for t, p in zip(times, paths):
-                write(expert.gaussians_at(float(t)), p)
+                done.append(write(expert.gaussians_at(float(t)), p))
+    except BaseException:  # a sequence is written whole or not at all
+        for p in done:
+            p.unlink(missing_ok=True)
+        raise
     finally:
         expert.train(was_training)
     return paths

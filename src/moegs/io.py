@@ -14,7 +14,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["atomic_path", "atomic_open", "write_json", "write_text", "torch_save"]
+__all__ = ["cache_dir", "atomic_path", "atomic_open", "write_json", "write_text", "torch_save"]
+
+
+def cache_dir(*parts: str) -> Path:
+    """moegs's per-user cache folder (``$MOEGS_CACHE_DIR``, default ``~/.cache/moegs``), or a folder in it."""
+    root = Path(os.environ.get("MOEGS_CACHE_DIR") or Path.home() / ".cache" / "moegs")
+    return root.joinpath(*parts)
 
 
 @contextmanager

@@ -44,17 +44,13 @@ def _writable(out: Path) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..errors import CheckpointError
     from ..export import export_gaussians
     from ..moe.checkpoint import FORMAT as MIXTURE_FORMAT
     from ..train.checkpoint import FORMAT as EXPERT_FORMAT
-    from ..train.checkpoint import expert_from_payload, load_checkpoint
-    from .main import _resolve_checkpoint
+    from ..train.checkpoint import expert_from_payload, load_checkpoint, resolve_checkpoint
 
     times = parse_times(args)
-    ckpt = _resolve_checkpoint(Path(args.run))
-    if Path(args.run).is_dir() and ckpt == Path(args.run):
-        raise CheckpointError(ckpt, "no checkpoint in this run directory (looked for checkpoints/last.pt)")
+    ckpt = resolve_checkpoint(args.run)
     payload = load_checkpoint(ckpt, (EXPERT_FORMAT, MIXTURE_FORMAT))
     is_mixture = payload["format"] == MIXTURE_FORMAT
     default = Path(args.run).with_suffix("") if not Path(args.run).is_dir() else Path(args.run) / "export"
@@ -88,17 +84,10 @@ def _prune(mixture, args: argparse.Namespace, payload: dict) -> None:
     """Gate-aware pruning before export, on the training views of the mixture's scene."""
     from ..data import load_scene
     from ..errors import ConfigError
+    from ..moe.checkpoint import mixture_scene_path
     from ..moe.prune import gate_prune
-    from ..train.checkpoint import load_checkpoint
 
-    data = args.data
-    if data is None:  # the scene the experts were trained on
-        for meta in payload["experts"]:
-            src = meta.get("source")
-            if src and Path(src).is_file():
-                data = load_checkpoint(src)["scene_meta"].get("path")
-                if data:
-                    break
+    data = args.data or mixture_scene_path(payload)
     if not data:
         raise ConfigError("--prune needs the scene: give it with --data")
     from ..data import DataConfig

@@ -113,14 +113,6 @@ def _print_summary(summary: dict, out: Path) -> None:
     Console(stderr=False).print(t)
 
 
-def _resolve_checkpoint(path: Path) -> Path:
-    if path.is_dir():
-        for cand in (path / "checkpoints" / "last.pt", path / "mixture.pt", path / "last.pt"):
-            if cand.exists():
-                return cand
-    return path
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     from .. import io
     from ..eval import evaluate_expert
@@ -149,9 +141,9 @@ def _data_config_from(payload: dict, args: argparse.Namespace):
 
 def _load_for_eval(args: argparse.Namespace):
     from ..data import load_scene
-    from ..train.checkpoint import load_expert
+    from ..train.checkpoint import load_expert, resolve_checkpoint
 
-    ckpt = _resolve_checkpoint(Path(args.checkpoint))
+    ckpt = resolve_checkpoint(args.checkpoint)
     expert, payload = load_expert(ckpt)
     data = args.data or payload["scene_meta"].get("path")
     if not data:

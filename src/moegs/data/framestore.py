@@ -35,16 +35,16 @@ import os
 import shutil
 import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Hashable, Sequence
+from typing import Hashable, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import DataError
-from ..io import atomic_path, write_text
-from .sfm import cache_dir
+from ..io import atomic_path, cache_dir, write_text
 from .video import VideoReader
 
 __all__ = ["FrameStore", "StoredFrame", "store_dir", "use_store"]
@@ -124,7 +124,10 @@ class FrameStore:
         self.fallback = False
         self._ready = False
         self._lock = threading.Lock()
-        self._files: dict[int, BinaryIO] = {}  # open store files; pread needs no seek, so threads and forks share them
+        # Open store files (raw descriptors: pread needs no seek, so threads and forks share them),
+        # closed when the store is garbage-collected.
+        self._fds: dict[int, int] = {}
+        weakref.finalize(self, _close_fds, self._fds)
         self._offset: dict[int, int] = {}
 
     def _entry(self, reader: VideoReader) -> _Entry:
@@ -157,13 +160,13 @@ class FrameStore:
         return out
 
     def _fd(self, video: int) -> int:
-        file = self._files.get(video)
-        if file is None:
+        fd = self._fds.get(video)
+        if fd is None:
             with self._lock:
-                file = self._files.get(video)
-                if file is None:
-                    file = self._files[video] = open(self.entries[video].file, "rb", buffering=0)
-        return file.fileno()
+                fd = self._fds.get(video)
+                if fd is None:
+                    fd = self._fds[video] = os.open(self.entries[video].file, os.O_RDONLY)
+        return fd
 
     # ------------------------------------------------------------------ build
     def ensure(self) -> bool:
@@ -280,6 +283,12 @@ class FrameStore:
                 stale.unlink(missing_ok=True)
         write_text(self.root / f"{entry.prefix}.source", str(reader.path.resolve()))
         return offset
+
+
+def _close_fds(fds: dict[int, int]) -> None:
+    for fd in fds.values():
+        os.close(fd)
+    fds.clear()
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,6 @@ sign, or not orthonormal, are an error.
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -43,20 +42,16 @@ from tqdm.auto import tqdm
 
 from ..cameras import Camera
 from ..errors import DataError
+from ..io import cache_dir
 from .config import SfmOptions
 
-__all__ = ["SfmError", "SfmPoints", "Reconstruction", "cache_dir", "triangulate", "reconstruct", "first_frame_points"]
+__all__ = ["SfmError", "SfmPoints", "Reconstruction", "triangulate", "reconstruct", "first_frame_points"]
 
 _CACHE_VERSION = "sfm-v1"  # bump when what is cached changes
 
 
 class SfmError(DataError):
     """SfM could not produce what was asked (too few matches, points or registered cameras)."""
-
-
-def cache_dir() -> Path:
-    """moegs's per-user cache folder: ``$MOEGS_CACHE_DIR``, default ``~/.cache/moegs``."""
-    return Path(os.environ.get("MOEGS_CACHE_DIR") or Path.home() / ".cache" / "moegs")
 
 
 @dataclass

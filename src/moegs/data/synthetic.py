@@ -51,6 +51,7 @@ from torch import Tensor
 from ..cameras import Camera, look_at
 from ..errors import DataError
 from ..gaussians import GaussianSet
+from ..io import cache_dir
 from ..render import Backend, RenderOutput, quat_to_rotmat
 from .n3v import poses_bounds, write_ply_points
 from .video import write_video
@@ -551,8 +552,7 @@ def generate_scene(root: str | Path, config: SyntheticConfig | None = None, *, o
 def default_scene_path() -> Path:
     """Per-user cache folder of the default scene: ``$MOEGS_CACHE_DIR/scenes/<version>``
     (default cache ``~/.cache/moegs``)."""
-    cache = Path(os.environ.get("MOEGS_CACHE_DIR") or Path.home() / ".cache" / "moegs")
-    return cache / "scenes" / SCENE_VERSION
+    return cache_dir("scenes", SCENE_VERSION)
 
 
 def ensure_default_scene() -> Path:

@@ -16,7 +16,7 @@ from .gates import build_gate
 from .mixture import Mixture
 from .router import GATED
 
-__all__ = ["FORMAT", "save_mixture", "load_mixture"]
+__all__ = ["FORMAT", "save_mixture", "load_mixture", "mixture_scene_path"]
 
 FORMAT = "moegs-mixture/1"
 
@@ -63,3 +63,18 @@ def load_mixture(path: str | Path, device: torch.device | str = "cpu") -> tuple[
         raise CheckpointError(path, f"mixture does not fit its checkpoint ({type(e).__name__}: "
                                     f"{str(e).splitlines()[0][:160] if str(e) else ''})") from None
     return mixture.to(device), payload
+
+
+def mixture_scene_path(payload: dict) -> str | None:
+    """The scene folder a mixture checkpoint's experts were trained on (recorded in their own checkpoints,
+    which the mixture names as ``source``); ``None`` when none of them is readable or records one."""
+    for meta in payload["experts"]:
+        source = meta.get("source")
+        if source and Path(source).is_file():
+            try:
+                path = load_checkpoint(source)["scene_meta"].get("path")
+            except CheckpointError:
+                continue
+            if path:
+                return path
+    return None

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..cameras import Camera
 from ._torch_impl import composite_torch
-from .projection import (TILE_SIZE, Projected, bin_gaussians, eval_colors, project_and_color, project_gaussians,
+from .projection import (TILE_SIZE, bin_gaussians, eval_colors, project_and_color, project_gaussians,
                          quat_to_rotmat)
 from .sh import eval_sh, num_sh_bases, rgb_to_sh0
 

@@ -13,7 +13,6 @@ flags, the CPU model and the torch/Python versions: the build uses
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 import sys
 import threading
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..io import cache_dir
 from .projection import TILE_SIZE, TileBins
 
 __all__ = ["NativeExtension", "available", "build_error", "composite_cpu"]
@@ -70,8 +70,7 @@ class NativeExtension:
         for part in (*_CFLAGS, *_LDFLAGS, _cpu_model(), torch.__version__, sys.version):
             h.update(part.encode())
         key = h.hexdigest()[:16]
-        root = Path(os.environ.get("MOEGS_CACHE_DIR") or Path.home() / ".cache" / "moegs")
-        return f"moegs_{self.name}_{key}", root / f"{self.name}_{key}"
+        return f"moegs_{self.name}_{key}", cache_dir(f"{self.name}_{key}")
 
     def load(self) -> ModuleType | None:
         """The compiled module, or ``None`` when it cannot be built (see :meth:`error`)."""

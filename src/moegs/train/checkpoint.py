@@ -18,7 +18,7 @@ from ..errors import CheckpointError
 from ..experts import EXPERTS, SceneInit
 from .config import from_dict, to_dict
 
-__all__ = ["save_expert", "load_checkpoint", "load_expert", "expert_from_payload",
+__all__ = ["resolve_checkpoint", "save_expert", "load_checkpoint", "load_expert", "expert_from_payload",
            "FORMAT"]
 
 FORMAT = "moegs-expert/1"
@@ -42,6 +42,18 @@ def save_expert(path: str | Path, expert: nn.Module, train_config: Any = None, *
         "trainer": trainer_state,
     }
     io.torch_save(payload, path)
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or a run directory's ``checkpoints/last.pt``; :class:`CheckpointError`
+    for a directory without one."""
+    path = Path(path)
+    if path.is_dir():
+        last = path / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise CheckpointError(path, "run directory without checkpoints (no checkpoints/last.pt)")
+        return last
+    return path
 
 
 def load_checkpoint(path: str | Path, kind: str | tuple[str, ...] = FORMAT) -> dict:

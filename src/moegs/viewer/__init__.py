@@ -7,10 +7,10 @@ map of a mixture, gate pruning on and off, preview-then-refine rendering.
 """
 
 from .config import ViewerConfig
-from .model import BLEND, WEIGHTS, ViewModel, resolve_checkpoint
+from .model import BLEND, WEIGHTS, ViewModel
 from .server import FREE, Viewer
 
-__all__ = ["BLEND", "FREE", "WEIGHTS", "ViewModel", "Viewer", "ViewerConfig", "resolve_checkpoint", "serve"]
+__all__ = ["BLEND", "FREE", "WEIGHTS", "ViewModel", "Viewer", "ViewerConfig", "serve"]
 
 
 def serve(model: ViewModel, config: ViewerConfig | None = None) -> None:

@@ -13,45 +13,23 @@ from torch import Tensor, nn
 
 from ..cameras import Camera
 from ..data import DataConfig, Scene, View, load_scene
-from ..errors import CheckpointError, MoegsError
+from ..errors import MoegsError
 from ..eval import to_uint8
 from ..experts import render_expert
 from ..moe import FORMAT as MIXTURE_FORMAT
 from ..moe import Mixture, load_mixture
+from ..moe.checkpoint import mixture_scene_path
 from ..moe.prune import gate_prune
 from ..moe.viz import expert_palette, weight_map_rgb
 from ..train.checkpoint import FORMAT as EXPERT_FORMAT
-from ..train.checkpoint import expert_from_payload, load_checkpoint
+from ..train.checkpoint import expert_from_payload, load_checkpoint, resolve_checkpoint
 from ..train.config import from_dict
 from ..train.trainer import resolve_device
 
-__all__ = ["ViewModel", "resolve_checkpoint", "BLEND", "WEIGHTS"]
+__all__ = ["ViewModel", "BLEND", "WEIGHTS"]
 
 BLEND = "blend"
 WEIGHTS = "expert weights"
-
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file as given, or a run directory's ``checkpoints/last.pt``; :class:`CheckpointError`
-    when there is none."""
-    path = Path(path)
-    if path.is_dir():
-        last = path / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise CheckpointError(path, "run directory without checkpoints (no checkpoints/last.pt)")
-        return last
-    return path
-
-
-def _expert_payload(path: Path) -> dict | None:
-    """The payload of an expert checkpoint, ``None`` for a mixture (told apart by the ``format`` field); the
-    loader's own error for anything else."""
-    try:
-        return load_checkpoint(path, EXPERT_FORMAT)
-    except CheckpointError as e:
-        if repr(MIXTURE_FORMAT) not in str(e):
-            raise
-        return None
 
 
 @dataclass
@@ -90,8 +68,8 @@ class ViewModel:
         ``notice``; a bad checkpoint raises :class:`CheckpointError`."""
         path = resolve_checkpoint(checkpoint)
         dev = resolve_device(device)
-        payload = _expert_payload(path)
-        if payload is not None:
+        payload = load_checkpoint(path, (EXPERT_FORMAT, MIXTURE_FORMAT))
+        if payload["format"] == EXPERT_FORMAT:
             expert, mixture = expert_from_payload(payload, path).to(dev).eval().requires_grad_(False), None
             times = payload["scene_meta"]["times"]
             recorded = payload["scene_meta"].get("path")
@@ -102,7 +80,7 @@ class ViewModel:
             mixture.backend = backend
             mixture.eval().requires_grad_(False)
             times = payload["experts"][0]["scene_meta"]["times"]
-            recorded = _mixture_scene_path(payload)
+            recorded = mixture_scene_path(payload)
             data_dict = payload["config"].get("data")
         cfg = from_dict(DataConfig, data_dict) if data_dict else DataConfig()
         for k, v in (data_overrides or {}).items():
@@ -197,15 +175,3 @@ class ViewModel:
         return to_uint8(img)
 
 
-def _mixture_scene_path(payload: dict) -> str | None:
-    """The scene folder a mixture was trained on: the one its experts' own checkpoints record."""
-    for meta in payload["experts"]:
-        source = meta.get("source")
-        if source and Path(source).is_file():
-            try:
-                path = load_checkpoint(source, EXPERT_FORMAT)["scene_meta"].get("path")
-            except CheckpointError:
-                continue
-            if path:
-                return path
-    return None
