@@ -1,6 +1,6 @@
 """Single-pass multi-expert rendering (``rasterize_experts``) against K separate ``rasterize``
 calls, forward and every gradient, for the torch reference and the compiled cpu backend; float64
-gradcheck; the edge cases (an expert without Gaussians, K = 1 and 5, no extras and 8, Gaussians
+gradcheck; the compositing weights as a sparse matrix (``splat_weights``) against compositing; the edge cases (an expert without Gaussians, K = 1 and 5, no extras and 8, Gaussians
 behind the camera, a 1x1 image); bad arguments."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moegs.render import _cpu, rasterize, rasterize_experts
+from moegs.render import _cpu, composite_experts, prepare_experts, rasterize, rasterize_experts, splat_weights
 from test_render import make_camera, random_scene
 
 NAMES = ("means", "quats", "log_scales", "opacity_logits", "colors", "extras")
@@ -154,3 +154,45 @@ def test_bad_expert_ids(backend):
         rasterize_experts(*params[:5], ids[:-1], 2, cam, backend=backend)
     with pytest.raises(ValueError, match="num_experts"):
         rasterize_experts(*params[:5], ids, 0, cam, backend=backend)
+
+
+@pytest.mark.parametrize(
+    "sizes,n_extras,size,dtype,behind",
+    [
+        ((120, 90, 150), 3, (40, 30), torch.float32, 0),
+        ((0, 80, 60), 8, (33, 21), torch.float32, 20),  # an empty expert, Gaussians behind the camera
+        ((200,), 1, (24, 24), torch.float64, 0),  # K = 1, float64
+        ((40, 50, 30, 60, 20), 2, (48, 20), torch.float32, 0),  # K = 5
+        ((30, 20), 2, (1, 1), torch.float32, 0),  # a 1x1 image
+    ],
+)
+def test_splat_weights_equal_compositing(sizes, n_extras, size, dtype, behind):
+    """``W @ v`` is what compositing ``v`` as extra channels gives, and so are its gradients; ``W @ 1``
+    is each expert's alpha."""
+    if not _cpu.available():
+        pytest.skip(f"compiled CPU rasterizer unavailable: {_cpu.build_error()}")
+    cam = make_camera(*size, dtype=dtype)
+    params, ids = expert_scene(sizes, cam, n_extras=n_extras, dtype=dtype, seed=13, behind=behind)
+    K = len(sizes)
+    prep = prepare_experts(*params[:5], ids, K, cam, backend="cpu")
+    weights = splat_weights(prep)
+    v1, v2 = (params[5].detach().clone().requires_grad_() for _ in range(2))
+    ref = composite_experts(prep, extras=v1)
+    maps = weights.splat(v2)
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    assert maps.shape == ref.extras.shape == (K, size[1], size[0], n_extras)
+    assert (maps - ref.extras).abs().max() <= tol
+    ones = weights.splat(torch.ones(len(ids), 1, dtype=dtype))[..., 0]
+    assert (ones - ref.alpha).abs().max() <= tol
+    g = torch.randn(maps.shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    (ref.extras * g).sum().backward()
+    (maps * g).sum().backward()
+    assert (v2.grad - v1.grad).norm() <= 1e-5 * v1.grad.norm().clamp_min(1e-12)
+    if sizes[0] == 0:
+        assert maps[0].abs().max() == 0
+
+
+def test_splat_weights_only_where_the_backend_has_them():
+    cam = make_camera(20, 16)
+    params, ids = expert_scene((30, 30), cam)
+    assert splat_weights(prepare_experts(*params[:5], ids, 2, cam, backend="torch")) is None

@@ -8,7 +8,9 @@ volume-aware); the router turns the stacked maps (or, for the ablations, the exp
 nothing) into per-pixel weights ``w [H, W, K]`` summing to one, and ``I(p) = sum_k w_k(p) I_k(p)``.
 
 With frozen experts (stage 2) everything the gates do not change - the experts' Gaussians at the
-view's time, their projection, colours and tile bins - is kept in a cache bounded by
+view's time, their projection, colours, tile bins and, on the cpu backend, the compositing weights
+(:class:`~moegs.render.SplatWeights`: the gate maps are a fixed linear function of the gates, so a
+step splats them with one sparse product and composites nothing) - is kept in a cache bounded by
 ``cache_mb`` and reused whenever the same view comes back; it is cleared when the experts are
 unfrozen and never serves experts whose parameters changed.
 """
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 from ..cameras import Camera
 from ..data import View
 from ..gaussians import GaussianSet, concat_sets
-from ..render import PreparedExperts, composite_experts, prepare_experts
+from ..render import ExpertsRenderOutput, PreparedExperts, SplatWeights, composite_experts, prepare_experts, splat_weights
 from .router import Router, RouterInputs
 
 __all__ = ["Mixture", "MixtureOutput"]
@@ -54,6 +56,22 @@ class MixtureOutput:
     alphas: Tensor | None = None
     extra_maps: Tensor | None = None
     meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Frozen:
+    """What a view of frozen experts keeps: their Gaussians, projection and bins, their colours, and the
+    compositing weights that splat any per-Gaussian values (``None`` where the backend has none)."""
+
+    prep: PreparedExperts
+    sets: list[GaussianSet]
+    base: ExpertsRenderOutput
+    weights: SplatWeights | None
+
+    def nbytes(self) -> int:
+        out = [self.base.color, self.base.alpha, self.base.depth]
+        return (self.prep.nbytes() + sum(s.nbytes() for s in self.sets) + sum(t.numel() * t.element_size() for t in out)
+                + (self.weights.nbytes() if self.weights is not None else 0))
 
 
 class Mixture(nn.Module):
@@ -93,7 +111,7 @@ class Mixture(nn.Module):
         self.backend = backend
         self.single_pass = single_pass
         self.cache_mb = float(cache_mb)
-        self._cache: OrderedDict[tuple, tuple[PreparedExperts, list[GaussianSet], int]] = OrderedDict()
+        self._cache: OrderedDict[tuple, _Frozen] = OrderedDict()
         self._cache_bytes = 0
 
     @property
@@ -140,26 +158,39 @@ class Mixture(nn.Module):
     def prepare(self, camera: Camera, t: float) -> tuple[PreparedExperts, list[GaussianSet]]:
         """The experts' Gaussians at ``t`` and their projection, colours and tile bins for ``camera``
         (from the cache when the experts are frozen and the view was seen)."""
-        key = self._cache_key(camera, t)
-        if key is not None and key in self._cache:
-            self._cache.move_to_end(key)
-            prep, sets, _ = self._cache[key]
-            return prep, sets
+        frozen = self._frozen(camera, t)
+        if frozen is not None:
+            return frozen.prep, frozen.sets
+        return self._prepare(camera, t)
+
+    def _prepare(self, camera: Camera, t: float) -> tuple[PreparedExperts, list[GaussianSet]]:
         sets = [e.gaussians_at(t) for e in self.experts]
         gs = concat_sets(sets)
         ids = torch.repeat_interleave(torch.arange(len(sets), device=gs.means.device),
                                       torch.tensor([len(s) for s in sets], device=gs.means.device))
         prep = prepare_experts(gs.means, gs.quats, gs.log_scales, gs.opacity_logits, gs.colors, ids,
                                self.num_experts, camera, sh_degree=gs.sh_degree, backend=self.backend)
-        if key is not None:
-            prep, sets = prep.detach(), [s.detach() for s in sets]
-            size = prep.nbytes() + sum(s.nbytes() for s in sets)
-            if size <= self.cache_mb * 2**20:
-                self._cache[key] = (prep, sets, size)
-                self._cache_bytes += size
-                while self._cache_bytes > self.cache_mb * 2**20:
-                    self._cache_bytes -= self._cache.popitem(last=False)[1][2]
         return prep, sets
+
+    def _frozen(self, camera: Camera, t: float) -> _Frozen | None:
+        """The frozen experts' render of ``(camera, t)`` (cached, or made and cached now), ``None``
+        when the experts are trainable or the cache is off."""
+        key = self._cache_key(camera, t)
+        if key is None:
+            return None
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        with torch.no_grad():
+            prep, sets = self._prepare(camera, t)
+            prep, sets = prep.detach(), [s.detach() for s in sets]
+            entry = _Frozen(prep, sets, composite_experts(prep, background=self.background), splat_weights(prep))
+        if entry.nbytes() <= self.cache_mb * 2**20:
+            self._cache[key] = entry
+            self._cache_bytes += entry.nbytes()
+            while self._cache_bytes > self.cache_mb * 2**20:
+                self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes()
+        return entry
 
     def render(self, view: View | Camera, t: float | None = None, *, extra: Tensor | None = None) -> MixtureOutput:
         """Render the mixture for a view (its camera and time) or a camera at ``t`` (default ``camera.time``).
@@ -171,8 +202,15 @@ class Mixture(nn.Module):
         camera = view.camera if isinstance(view, View) else view
         t = float(camera.time if t is None else t)
         camera = camera.to(self.background.device)
-        if self.single_pass:
-            prep, sets = self.prepare(camera, t)
+        frozen = self._frozen(camera, t) if self.single_pass else None
+        if frozen is not None and frozen.weights is not None:
+            # frozen experts: colours as cached, gates and extra channels splatted by the cached weights
+            colors, alphas, meta = frozen.base.color, frozen.base.alpha, frozen.base.meta
+            gates = torch.cat([g(s, t) for g, s in zip(self.gates, frozen.sets)]) if self.router.uses_gates else None
+            gate_maps = frozen.weights.splat(gates).permute(1, 2, 0, 3) if gates is not None else None
+            extra_maps = frozen.weights.splat(extra) if extra is not None else None
+        elif self.single_pass:
+            prep, sets = (frozen.prep, frozen.sets) if frozen is not None else self._prepare(camera, t)
             channels = [torch.cat([g(s, t) for g, s in zip(self.gates, sets)])] if self.router.uses_gates else []
             C = channels[0].shape[1] if channels else 0
             if extra is not None:

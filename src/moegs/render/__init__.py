@@ -53,6 +53,8 @@ __all__ = [
     "prepare_experts",
     "composite_experts",
     "rasterize_experts",
+    "SplatWeights",
+    "splat_weights",
 ]
 
 Backend = Literal["auto", "cpu", "torch", "cuda"]
@@ -181,4 +183,7 @@ def rasterize(
     return RenderOutput(color=color, alpha=alpha, depth=depth, extras=feats[..., 3:], meta=meta)
 
 
-from .multi import ExpertsRenderOutput, PreparedExperts, composite_experts, prepare_experts, rasterize_experts  # noqa: E402
+from .multi import (  # noqa: E402
+    ExpertsRenderOutput, PreparedExperts, SplatWeights, composite_experts, prepare_experts, rasterize_experts,
+    splat_weights,
+)

@@ -194,3 +194,38 @@ def composite_cpu(
         features.to(dt).contiguous(), ids, bins.offsets.contiguous(), bins.flatten_ids.contiguous(), E, dims,
     )
     return (out[0], alpha[0]) if expert_ids is None else (out, alpha)
+
+
+def composite_weights_cpu(
+    means2d: Tensor,  # [N, 2]
+    conics: Tensor,  # [N, 3]
+    opacities: Tensor,  # [N]
+    bins: TileBins,
+    width: int,
+    height: int,
+    tile_size: int = TILE_SIZE,
+    *,
+    expert_ids: Tensor | None = None,  # [N] int
+    num_experts: int = 1,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The compositing weights ``w_i(p) = alpha_i T_i`` of :func:`composite_cpu` as a sparse matrix.
+
+    For any features ``f`` ``[N, D]``, ``composite_cpu(..., f, ...)`` equals ``W @ f`` reshaped to
+    ``[E, H, W, D]`` (``E = 1`` without ``expert_ids``), with ``W`` the ``[E * H * W, N]`` matrix whose
+    row ``e * H * W + y * W + x`` holds the weights of expert ``e``'s pixel ``(x, y)``.
+
+    Returns:
+        CSR arrays of ``W`` (not differentiable): ``crow`` ``[E * H * W + 1]`` int64, ``col`` ``[nnz]``
+        int64 (front to back within a row) and ``val`` ``[nnz]`` (``means2d``'s dtype).
+    """
+    dt = means2d.dtype
+    if dt not in (torch.float32, torch.float64):
+        raise TypeError(f"composite_weights_cpu supports float32 and float64, got {dt}")
+    ids = means2d.new_zeros(0, dtype=torch.int32) if expert_ids is None else expert_ids.to(torch.int32).contiguous()
+    E = 1 if expert_ids is None else int(num_experts)
+    with torch.no_grad():
+        return _require().weights(
+            means2d.detach().contiguous(), conics.detach().to(dt).contiguous(), opacities.detach().to(dt).contiguous(),
+            ids, E, bins.offsets.contiguous(), bins.flatten_ids.contiguous(), int(width), int(height), bins.tiles_x,
+            bins.tiles_y, int(tile_size),
+        )

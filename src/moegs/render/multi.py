@@ -10,12 +10,18 @@ whose Gaussians do not change (a mixture with frozen experts) can keep the first
 - :func:`prepare_experts`: projection, colour and tile bins (:class:`PreparedExperts`);
 - :func:`composite_experts`: the per-expert compositing of colour, depth and extra channels.
 
+With the geometry fixed, the extra channels are a linear function of the per-Gaussian values:
+:func:`splat_weights` returns that map as a sparse matrix (:class:`SplatWeights`, cpu backend), so
+splatting new values (a router's gates, each training step) costs a sparse product instead of a
+compositing pass.
+
 The ``cuda`` backend renders the experts one after another through gsplat behind the same
 functions, so callers never branch on the device.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -26,7 +32,8 @@ from . import Backend, eval_colors, finish_render, resolve_backend
 from ._torch_impl import composite_torch
 from .projection import TileBins, bin_gaussians, project_and_color
 
-__all__ = ["ExpertsRenderOutput", "PreparedExperts", "prepare_experts", "composite_experts", "rasterize_experts"]
+__all__ = ["ExpertsRenderOutput", "PreparedExperts", "SplatWeights", "prepare_experts", "composite_experts",
+           "rasterize_experts", "splat_weights"]
 
 
 @dataclass
@@ -217,3 +224,62 @@ def rasterize_experts(
     prep = prepare_experts(means, quats, log_scales, opacity_logits, colors, expert_ids, num_experts, camera,
                            sh_degree=sh_degree, backend=backend)
     return composite_experts(prep, extras=extras, background=background)
+
+
+class _Splat(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values, matrix, transpose):
+        ctx.transpose = transpose
+        return matrix @ values
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.transpose @ grad.contiguous(), None, None
+
+
+@dataclass
+class SplatWeights:
+    """The compositing weights ``w_i(p) = alpha_i T_i`` of prepared experts: ``[K * H * W, N]``.
+
+    Row ``k * H * W + y * W + x`` holds expert ``k``'s weights at pixel ``(x, y)``, so splatting
+    per-Gaussian values ``v`` ``[N, C]`` as extra channels (:func:`composite_experts`) is ``W @ v``.
+
+    Attributes:
+        matrix: sparse CSR ``[K * H * W, N]``; transpose: the same, transposed (for gradients).
+        num_experts, height, width: the image stack's shape.
+    """
+
+    matrix: Tensor
+    transpose: Tensor
+    num_experts: int
+    height: int
+    width: int
+
+    def splat(self, values: Tensor) -> Tensor:
+        """``[K, H, W, C]`` maps of per-Gaussian ``values`` ``[N, C]``; differentiable w.r.t. ``values``."""
+        if values.dim() != 2 or values.shape[0] != self.matrix.shape[1]:
+            raise ValueError(f"values must be [{self.matrix.shape[1]}, C], got {tuple(values.shape)}")
+        out = _Splat.apply(values.to(self.matrix.dtype).contiguous(), self.matrix, self.transpose)
+        return out.view(self.num_experts, self.height, self.width, values.shape[1])
+
+    def nbytes(self) -> int:
+        """Bytes held (for cache budgets)."""
+        return sum(t.numel() * t.element_size() for m in (self.matrix, self.transpose)
+                   for t in (m.crow_indices(), m.col_indices(), m.values()))
+
+
+def splat_weights(prep: PreparedExperts) -> SplatWeights | None:
+    """The compositing weights of ``prep`` (:class:`SplatWeights`), or ``None`` for backends that
+    do not expose them (``torch``, ``cuda``: composite the values with :func:`composite_experts`)."""
+    if prep.backend != "cpu":
+        return None
+    from ._cpu import composite_weights_cpu
+
+    cam, K, N = prep.camera, prep.num_experts, prep.rgb.shape[0]
+    crow, col, val = composite_weights_cpu(prep.means2d, prep.conics, prep.opacities, prep.bins, cam.width,
+                                           cam.height, expert_ids=prep.expert_ids, num_experts=K)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        matrix = torch.sparse_csr_tensor(crow, col, val, (K * cam.height * cam.width, N), check_invariants=False)
+        transpose = matrix.t().to_sparse_csr()
+    return SplatWeights(matrix, transpose, K, cam.height, cam.width)

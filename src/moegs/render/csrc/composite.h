@@ -42,6 +42,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwardCpu(
     int64_t tiles_y,
     int64_t tile_size);
 
+// The compositing weights as a sparse matrix: features_img = Wt @ features for any features.
+//
+// Args: as for the forward (no features).
+// Returns CSR arrays of the [E * H * W, N] matrix whose row e * H * W + y * W + x holds the
+// weights w_i = alpha_i T_i of pixel (x, y) of expert e (zero weights are left out):
+//   crow: [E * H * W + 1] int64 row pointers; col: [nnz] int64 Gaussian indices, front to back
+//   within a row; val: [nnz] the weights (dtype of the inputs).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> CompositeWeightsCpu(
+    const at::Tensor& means2d,
+    const at::Tensor& conics,
+    const at::Tensor& opacities,
+    const at::Tensor& expert_ids,
+    int64_t num_experts,
+    const at::Tensor& offsets,
+    const at::Tensor& flatten_ids,
+    int64_t width,
+    int64_t height,
+    int64_t tiles_x,
+    int64_t tiles_y,
+    int64_t tile_size);
+
 // Backward of CompositeForwardCpu (back-to-front traversal from the stored
 // final transmittance and last contributing index of every pixel).
 //
@@ -145,6 +166,28 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwa
   return CompositeForwardCpu(
       means2d, conics, opacities, features, expert_ids, num_experts, offsets, flatten_ids, width, height, tiles_x,
       tiles_y, tile_size);
+}
+
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor> CompositeWeights(
+    const at::Tensor& means2d,
+    const at::Tensor& conics,
+    const at::Tensor& opacities,
+    const at::Tensor& expert_ids,
+    int64_t num_experts,
+    const at::Tensor& offsets,
+    const at::Tensor& flatten_ids,
+    int64_t width,
+    int64_t height,
+    int64_t tiles_x,
+    int64_t tiles_y,
+    int64_t tile_size) {
+  const auto ones = at::ones({means2d.size(0), 1}, means2d.options());
+  moegs_detail::CheckGaussians(
+      means2d, conics, opacities, ones, expert_ids, num_experts, offsets, flatten_ids, width, height, tiles_x,
+      tiles_y, tile_size);
+  return CompositeWeightsCpu(
+      means2d, conics, opacities, expert_ids, num_experts, offsets, flatten_ids, width, height, tiles_x, tiles_y,
+      tile_size);
 }
 
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeBackward(

@@ -181,11 +181,21 @@ struct TileGaussians {
   }
 };
 
+// The compositing weights w_i(p) = alpha_i T_i one tile emits (CompositeWeightsCpu): the image row
+// e * H * W + y * W + x, the Gaussian and the weight, in the order the forward meets them.
+template <typename scalar_t>
+struct WeightEntries {
+  std::vector<int64_t> rows, cols;
+  std::vector<scalar_t> vals;
+};
+
+// Forward compositing; with `sinks` (one per tile), also every nonzero weight of every pixel.
 template <typename scalar_t>
 void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar_t* opacities,
                    const scalar_t* features, const int32_t* expert_ids, int E, const int64_t* offsets,
                    const int64_t* flatten_ids, int D, int W, int H, int tiles_x, int tiles_y, int ts, scalar_t* out,
-                   scalar_t* alpha_img, scalar_t* final_T, int32_t* last_img) {
+                   scalar_t* alpha_img, scalar_t* final_T, int32_t* last_img,
+                   std::vector<WeightEntries<scalar_t>>* sinks = nullptr) {
   using Lim = Limits<scalar_t>;
   const int n_tiles = tiles_x * tiles_y;
   const int64_t HW = static_cast<int64_t>(H) * W;
@@ -274,6 +284,17 @@ void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar
 #pragma omp simd
                 for (int l = 0; l < kLanes; ++l) {
                   ad[l] += w[l] * fd;
+                }
+              }
+              if (sinks) {
+                WeightEntries<scalar_t>& sink = (*sinks)[tile];
+                const int64_t row0 = e * HW + static_cast<int64_t>(y) * W + x0;
+                for (int l = 0; l < nl; ++l) {
+                  if (w[l] != scalar_t(0)) {
+                    sink.rows.push_back(row0 + l);
+                    sink.cols.push_back(flatten_ids[start + i]);
+                    sink.vals.push_back(w[l]);
+                  }
                 }
               }
               n_active[e] -= static_cast<int>(n_stop);
@@ -489,6 +510,63 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwardCpu(
                             last.data_ptr<int32_t>());
   });
   return {out, alpha, final_T, last};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> CompositeWeightsCpu(
+    const at::Tensor& means2d,
+    const at::Tensor& conics,
+    const at::Tensor& opacities,
+    const at::Tensor& expert_ids,
+    int64_t num_experts,
+    const at::Tensor& offsets,
+    const at::Tensor& flatten_ids,
+    int64_t width,
+    int64_t height,
+    int64_t tiles_x,
+    int64_t tiles_y,
+    int64_t tile_size) {
+  const int64_t E = num_experts, R = E * height * width;
+  auto features = at::zeros({means2d.size(0), 1}, means2d.options());
+  auto out = at::zeros({E, height, width, 1}, means2d.options());
+  auto alpha = at::zeros({E, height, width}, means2d.options());
+  auto final_T = at::ones({E, height, width}, means2d.options());
+  auto last = at::zeros({E, height, width}, means2d.options().dtype(at::kInt));
+  const int32_t* eids = expert_ids.numel() ? expert_ids.data_ptr<int32_t>() : nullptr;
+  auto crow = at::zeros({R + 1}, means2d.options().dtype(at::kLong));
+  at::Tensor col, val;
+  AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "composite_weights_cpu", [&] {
+    std::vector<WeightEntries<scalar_t>> sinks(tiles_x * tiles_y);
+    ForwardKernel<scalar_t>(means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
+                            opacities.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(), eids,
+                            static_cast<int>(E), offsets.data_ptr<int64_t>(), flatten_ids.data_ptr<int64_t>(), 1,
+                            static_cast<int>(width), static_cast<int>(height), static_cast<int>(tiles_x),
+                            static_cast<int>(tiles_y), static_cast<int>(tile_size), out.data_ptr<scalar_t>(),
+                            alpha.data_ptr<scalar_t>(), final_T.data_ptr<scalar_t>(), last.data_ptr<int32_t>(),
+                            &sinks);
+    // Counting sort by row; a row's entries keep the order they were emitted in (front to back).
+    int64_t* cr = crow.data_ptr<int64_t>();
+    for (const auto& sink : sinks) {
+      for (const int64_t r : sink.rows) {
+        ++cr[r + 1];
+      }
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      cr[r + 1] += cr[r];
+    }
+    col = at::empty({cr[R]}, means2d.options().dtype(at::kLong));
+    val = at::empty({cr[R]}, means2d.options());
+    int64_t* c = col.data_ptr<int64_t>();
+    scalar_t* v = val.data_ptr<scalar_t>();
+    std::vector<int64_t> cursor(cr, cr + R);
+    for (const auto& sink : sinks) {
+      for (size_t k = 0; k < sink.rows.size(); ++k) {
+        const int64_t at_ = cursor[sink.rows[k]]++;
+        c[at_] = sink.cols[k];
+        v[at_] = sink.vals[k];
+      }
+    }
+  });
+  return {crow, col, val};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeBackwardCpu(

@@ -3,5 +3,6 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &CompositeForward, "Tile alpha compositing, forward (CPU)");
+  m.def("weights", &CompositeWeights, "Tile alpha compositing weights as CSR arrays (CPU)");
   m.def("backward", &CompositeBackward, "Tile alpha compositing, backward (CPU)");
 }
