@@ -29,8 +29,10 @@ the paper uses 32 features, base 64 for D-NeRF).
 from __future__ import annotations
 
 import itertools
+import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +42,8 @@ from ..gaussians import GaussianSet, init_splats
 from .base import ParamGroup, SceneInit
 from .base import CanonicalConfig, StepClock, splat_param_groups
 
-__all__ = ["HexPlaneConfig", "HexPlaneField", "HexPlaneGaussians", "plane_tv", "plane_time_smoothness"]
+__all__ = ["HexPlaneConfig", "HexPlaneField", "HexPlaneGaussians", "plane_tv", "plane_time_smoothness",
+           "sample_planes_torch"]
 
 # Coordinate pairs of the six planes, in the order of the reference code:
 # (x,y) (x,z) (x,t) (y,z) (y,t) (z,t); coordinate 3 is time.
@@ -104,6 +107,27 @@ def plane_time_smoothness(plane: Tensor) -> Tensor:
     return (first[..., 1:, :] - first[..., :-1, :]).square().mean()
 
 
+def sample_planes_torch(
+    coords: Tensor,  # [N, D]
+    planes: Sequence[Tensor],  # K x [1, C, H_k, W_k]
+    axes: Sequence[tuple[int, int]],  # K x (column along W_k, column along H_k)
+) -> Tensor:
+    """Product over the planes of their bilinear samples (``grid_sample``, border padding,
+    ``align_corners=True``): the reference of ``_hexplane_cpu.sample_planes_cpu``, same signature.
+
+    Returns ``[N, C]``: ``prod_k planes[k]`` sampled at ``(coords[:, axes[k][0]], coords[:, axes[k][1]])``.
+    """
+    f = 1.0
+    for (i, j), plane in zip(axes, planes, strict=True):
+        grid = coords[:, (i, j)].view(1, 1, -1, 2)  # [1, 1, N, 2]
+        s = F.grid_sample(plane, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        f = f * s[0, :, 0].t()  # [N, C]
+    return f
+
+
+_NATIVE_FALLBACK_WARNED: list[bool] = []
+
+
 class HexPlaneField(nn.Module):
     """Multi-resolution HexPlane: ``[N, 4]`` coordinates in ``[-1, 1]`` -> ``[N, feature_dim * levels]`` features.
 
@@ -130,17 +154,26 @@ class HexPlaneField(nn.Module):
             self.levels.append(planes)
         self.out_dim = feature_dim * len(multires)
 
-    def forward(self, coords: Tensor) -> Tensor:
-        """Features of ``coords`` ``[N, 4]`` (normalised x, y, z, t); returns ``[N, out_dim]``."""
-        feats = []
-        for planes in self.levels:
-            f = 1.0
-            for (i, j), plane in zip(PLANES, planes):
-                grid = coords[:, (i, j)].view(1, 1, -1, 2)  # [1, 1, N, 2]
-                s = F.grid_sample(plane, grid, mode="bilinear", padding_mode="border", align_corners=True)
-                f = f * s[0, :, 0].t()  # [N, C]
-            feats.append(f)
-        return torch.cat(feats, dim=-1)
+    def forward(self, coords: Tensor, backend: Literal["auto", "cpu", "torch"] = "auto") -> Tensor:
+        """Features of ``coords`` ``[N, 4]`` (normalised x, y, z, t); returns ``[N, out_dim]``.
+
+        ``backend``: ``"cpu"`` the fused native sampler (``_hexplane_cpu``), ``"torch"`` the
+        ``grid_sample`` reference, ``"auto"`` the native one for float32/float64 CPU tensors when it builds.
+        """
+        sample = sample_planes_torch
+        if backend not in ("auto", "cpu", "torch"):
+            raise ValueError(f"unknown HexPlane backend {backend!r}; choose from auto, cpu, torch")
+        native_ok = coords.device.type == "cpu" and coords.dtype in (torch.float32, torch.float64)
+        if backend == "cpu" or (backend == "auto" and native_ok):
+            from . import _hexplane_cpu
+
+            if backend == "cpu" or _hexplane_cpu.available():
+                sample = _hexplane_cpu.sample_planes_cpu
+            elif not _NATIVE_FALLBACK_WARNED:
+                warnings.warn(f"moegs: the compiled HexPlane sampler is unavailable ({_hexplane_cpu.build_error()}); "
+                              "sampling with grid_sample")
+                _NATIVE_FALLBACK_WARNED.append(True)
+        return torch.cat([sample(coords, planes, PLANES) for planes in self.levels], dim=-1)
 
 
 def _head(width: int, out: int, init_std: float) -> nn.Sequential:
