@@ -48,7 +48,7 @@ def _cfg(**kw) -> DataConfig:
 def test_triangulated_points_lie_on_the_known_surfaces(blob_root):
     root, gs, cams = blob_root
     scene = load_scene(root, _cfg())  # no point file: auto means SfM
-    assert scene.info["points"].startswith("SfM on the first frame of 7 cameras")
+    assert scene.info["points"].startswith("SfM on 7 cameras at one instant")
     pts = scene.points
     assert len(pts) > 500
     # Distance to the nearest known surface. Measured (default: two-view points kept): median 0.0064,
@@ -68,6 +68,25 @@ def test_triangulated_points_lie_on_the_known_surfaces(blob_root):
     assert float((scene.point_colors[ok] - seen[torch.randperm(len(seen))]).abs().mean()) > 0.2
     # Only the training cameras' images were used: cam00 (held out) is not needed to see the points.
     assert scene.test_views[0].camera.name == "cam00"
+
+
+def test_sfm_at_several_instants_merges_their_points(blob_root):
+    """``sfm.frames=2``: both frames of the (static) capture are triangulated and their points merged;
+    the first frame's result is the one-instant run's, from the cache."""
+    root, gs, _ = blob_root
+    one = load_scene(root, DataConfig(downscale=1.0, max_frames=2))
+    two = load_scene(root, DataConfig(downscale=1.0, max_frames=2, sfm=SfmOptions(frames=2)))
+    assert two.info["points"].startswith("SfM at 2 instants")
+    n = len(one.points)
+    assert torch.equal(two.points[:n], one.points) and len(two.points) > 1.5 * n
+    assert float(surface_distance(two.points[n:], gs).median()) < 0.012
+    views = first_views(one.train_views)
+    assert [v.frame for v in views] == [0] * len(views)
+    from moegs.data.points import instant_views
+
+    picks = instant_views(one.train_views, 5)  # more instants than frames: each frame once
+    assert [{v.frame for v in vs} for vs in picks] == [{0}, {1}]
+    assert [v.camera_id for v in picks[1]] == sorted(v.camera_id for v in views)
 
 
 def test_filters_are_applied(blob_root):
@@ -92,8 +111,8 @@ def test_filters_are_applied(blob_root):
 def test_sfm_is_cached_by_content(blob_root, cache, monkeypatch):
     root, _, _ = blob_root
     first = load_scene(root, _cfg())
-    files = list((cache / "sfm").glob("*.pt"))
-    assert len(files) == 1 and str(files[0]) in first.info["points"]
+    files = [f for f in (cache / "sfm").glob("*.pt") if str(f) in first.info["points"]]
+    assert len(files) == 1
 
     def fail(*a, **k):
         raise AssertionError("SfM recomputed although cached")
@@ -246,7 +265,7 @@ def test_panoptic_sfm_points_fall_on_the_people():
         return scene, float(hits.sum() / seen.sum()), float(((hits == seen) & (seen > 0)).float().mean())
 
     scene, in_mask, all_views = mask_stats("sfm")
-    assert scene.info["initial_points"].startswith("SfM on the first frame of 27 cameras")
+    assert scene.info["initial_points"].startswith("SfM on 27 cameras at one instant")
     assert len(scene.points) > 1000
     assert in_mask > 0.4 and all_views > 0.18
     _, rnd_in_mask, rnd_all = mask_stats("random")

@@ -19,7 +19,13 @@ FRAME_STORE_MODES = ("auto", "store", "lazy")
 
 @dataclass
 class SfmOptions:
-    """Structure from motion on the first frame (``moegs.data.sfm``): features, matching, filtering."""
+    """Structure from motion on frames of the training cameras (``moegs.data.sfm``): instants, features,
+    matching, filtering."""
+
+    # Triangulate at this many instants, evenly spaced over the capture (the first frame is always one),
+    # and merge the points: what appears or moves later gets points too (Spacetime Gaussians triangulates
+    # every frame for the same reason). 1: the first frame only, as 3DGS-style pipelines do.
+    frames: int = 1
 
     # Images larger than this (longest side, pixels) are downscaled for feature extraction.
     max_image_size: int = 1600
@@ -44,6 +50,8 @@ class SfmOptions:
     shared_intrinsics: bool = True
 
     def check(self) -> None:
+        if self.frames < 1:
+            raise ConfigError(f"sfm.frames must be at least 1, got {self.frames}")
         if self.max_image_size < 64 or self.max_features < 64:
             raise ConfigError(f"sfm.max_image_size and sfm.max_features must be at least 64, got {self.max_image_size}, {self.max_features}")
         if not (self.max_reprojection_error > 0 and self.max_epipolar_error > 0 and self.min_triangulation_angle >= 0):

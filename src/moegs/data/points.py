@@ -2,8 +2,9 @@
 
 - ``"auto"``: the folder's own points when it ships some (COLMAP model,
   ``points3D.ply``, ``init_pt_cld.npz``: the loader finds them), else SfM on
-  the first frame of the training cameras (:func:`moegs.data.sfm.first_frame_points`,
-  cached), else -- when SfM finds nothing -- the loader's random points, with a warning;
+  the training cameras at ``SfmOptions.frames`` instants, merged
+  (:func:`moegs.data.sfm.frame_points`, cached per instant), else -- when SfM
+  finds nothing -- the loader's random points, with a warning;
 - ``"sfm"``: SfM even when the folder ships points (an SfM failure is an error);
 - ``"random"``: the loader's random points;
 - anything else: a point file in the scene's world frame -- ``.ply``,
@@ -20,12 +21,13 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import DataError
+from ..io import cache_dir
 from ..cameras import Camera
 from .config import DataConfig
 from .images import ImageFile
 from .scene import View
 
-__all__ = ["PointCloud", "choose_points", "read_point_file", "read_npz_points", "first_views"]
+__all__ = ["PointCloud", "choose_points", "read_point_file", "read_npz_points", "first_views", "instant_views"]
 
 # (positions [M, 3], colours [M, 3] in [0, 1], where they came from)
 PointCloud = tuple[np.ndarray, np.ndarray, str]
@@ -79,6 +81,20 @@ def first_views(views: Sequence[View]) -> list[View]:
     return [first[k] for k in sorted(first)]
 
 
+def instant_views(views: Sequence[View], count: int) -> list[list[View]]:
+    """The views of ``count`` instants evenly spaced over the frames present (the first and, for
+    ``count >= 2``, the last included), each a list of one view per camera in camera-id order.
+    Fewer lists when the capture has fewer frames."""
+    by_frame: dict[int, dict[int, View]] = {}
+    for v in views:
+        by_frame.setdefault(v.frame, {}).setdefault(v.camera_id, v)
+    frames = sorted(by_frame)
+    if not frames:
+        return []
+    picks = sorted({frames[round(i)] for i in np.linspace(0, len(frames) - 1, max(1, count))})
+    return [[by_frame[f][c] for c in sorted(by_frame[f])] for f in picks]
+
+
 def _full_resolution(view: View) -> tuple[np.ndarray, Camera]:
     """The view's image and camera at the image file's own resolution (SfM finds more points there
     than in a downscaled copy); other sources as loaded."""
@@ -103,8 +119,8 @@ def choose_points(
 
     Args:
         config: the loader's config (``points``, ``sfm``).
-        train_views: the training views; SfM uses the first frame of each camera (image files at
-            their own resolution, whatever the downscale).
+        train_views: the training views; SfM uses one view per camera at each of ``config.sfm.frames``
+            instants (:func:`instant_views`; image files at their own resolution, whatever the downscale).
         shipped: returns the folder's own points (in its files' frame), or ``None`` when it has none.
         random: returns the loader's random points (already in the scene's frame).
         file_to_world: ``[3, 3]`` linear map from the data files' world frame to the scene's
@@ -113,15 +129,29 @@ def choose_points(
     Returns:
         ``[M, 3]`` points, ``[M, 3]`` colours in ``[0, 1]``, and a line saying where they came from.
     """
-    from .sfm import SfmError, first_frame_points
+    from .sfm import SfmError, frame_points
 
     def in_world(cloud: PointCloud) -> PointCloud:
         xyz, rgb, desc = cloud
         return (np.asarray(xyz, np.float64) @ file_to_world.T if file_to_world is not None else xyz), rgb, desc
 
     def sfm() -> PointCloud:
-        images, cameras = zip(*(_full_resolution(v) for v in first_views(train_views)))
-        return first_frame_points(images, cameras, config.sfm)
+        clouds, failures = [], []
+        for views in instant_views(train_views, config.sfm.frames):
+            images, cameras = zip(*(_full_resolution(v) for v in views))
+            try:
+                clouds.append(frame_points(images, cameras, config.sfm))
+            except SfmError as e:
+                failures.append(e)
+        if not clouds:
+            raise failures[0] if failures else SfmError(None, "no training view to run SfM on")
+        if len(clouds) == 1 and not failures:
+            return clouds[0]
+        xyz = np.concatenate([c[0] for c in clouds])
+        rgb = np.concatenate([c[1] for c in clouds])
+        counts = ", ".join(str(len(c[0])) for c in clouds)
+        return xyz, rgb, (f"SfM at {len(clouds) + len(failures)} instants: {len(xyz)} points ({counts}"
+                          f"{f'; {len(failures)} instants found none' if failures else ''}); cached in {cache_dir('sfm')}")
 
     choice = config.points
     if choice == "random":

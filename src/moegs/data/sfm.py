@@ -17,9 +17,9 @@ Filtering keeps a point when its mean reprojection error is at most
 ``min_track_length`` cameras and, for known cameras, it lies between ``near``
 and ``far`` of every camera that sees it.
 
-:func:`first_frame_points` wraps :func:`triangulate` with a cache keyed by a
+:func:`frame_points` wraps :func:`triangulate` with a cache keyed by a
 hash of the images, the cameras and the options, in ``$MOEGS_CACHE_DIR/sfm``
-(default ``~/.cache/moegs/sfm``), so a scene is matched once. Every step shows a
+(default ``~/.cache/moegs/sfm``), so an instant of a scene is matched once. Every step shows a
 progress bar with a time estimate on a terminal.
 """
 
@@ -45,7 +45,7 @@ from ..errors import DataError
 from ..io import cache_dir
 from .config import SfmOptions
 
-__all__ = ["SfmError", "SfmPoints", "Reconstruction", "triangulate", "reconstruct", "first_frame_points"]
+__all__ = ["SfmError", "SfmPoints", "Reconstruction", "triangulate", "reconstruct", "frame_points"]
 
 _CACHE_VERSION = "sfm-v1"  # bump when what is cached changes
 
@@ -413,7 +413,8 @@ def _with_depth_bounds(cameras: list[Camera | None], xyz: np.ndarray) -> list[Ca
 
 def _cache_key(images: Sequence[np.ndarray], cameras: Sequence[Camera], options: SfmOptions) -> str:
     h = hashlib.sha256(_CACHE_VERSION.encode())
-    h.update(repr(sorted(dataclasses.asdict(options).items())).encode())
+    # one instant's result does not depend on how many instants are merged
+    h.update(repr(sorted(dataclasses.asdict(dataclasses.replace(options, frames=1)).items())).encode())
     for img, cam in zip(images, cameras):
         h.update(cam.world_to_camera.double().numpy().tobytes())
         h.update(np.array([cam.fx, cam.fy, cam.cx, cam.cy, cam.width, cam.height, cam.near, cam.far], np.float64).tobytes())
@@ -423,7 +424,7 @@ def _cache_key(images: Sequence[np.ndarray], cameras: Sequence[Camera], options:
     return h.hexdigest()[:32]
 
 
-def first_frame_points(images: Sequence[np.ndarray], cameras: Sequence[Camera], options: SfmOptions | None = None,
+def frame_points(images: Sequence[np.ndarray], cameras: Sequence[Camera], options: SfmOptions | None = None,
                        progress: bool = True) -> tuple[np.ndarray, np.ndarray, str]:
     """:func:`triangulate`, cached in the user cache by a hash of ``images``, ``cameras`` and ``options``.
 
@@ -462,6 +463,6 @@ def first_frame_points(images: Sequence[np.ndarray], cameras: Sequence[Camera], 
 
 
 def _describe(stats: dict, file: Path, cached: bool) -> str:
-    return (f"SfM on the first frame of {stats['images']} cameras: {stats['kept']} points "
+    return (f"SfM on {stats['images']} cameras at one instant: {stats['kept']} points "
             f"(of {stats['triangulated']} triangulated, {stats['matched_pairs']} image pairs matched); "
             f"{'read from' if cached else 'saved to'} {file}")
