@@ -11,11 +11,12 @@
 // float32 results agree with the reference to a few ulp.
 //
 // Parallelism (at::get_num_threads() threads, the same count as torch's intra-op pool):
-//   forward and the first backward pass run over Gaussians, each writing only its own rows;
-//   the plane gradients are scattered by a second pass in which each thread owns a contiguous range
-//   of channels (a private channels-last buffer for them) and walks all Gaussians in order. No
-//   atomics; every sum has a fixed order, so results do not depend on the thread count. Loops run
-//   plane by plane, so the plane being read or written stays in cache (a level's planes may not).
+//   in the forward and the first backward pass each thread owns a contiguous range of Gaussians and
+//   writes only their rows; the plane gradients are scattered by a second pass in which each thread
+//   owns a contiguous range of channels (a private channels-last buffer for them) and walks all
+//   Gaussians in order. No atomics; every sum has a fixed order, so results do not depend on the
+//   thread count. Loops run plane by plane, so the plane being read or written stays in cache
+//   (a level's planes together may not).
 
 #include <ATen/Parallel.h>
 #include <omp.h>
@@ -24,6 +25,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "hexplane.h"
@@ -99,17 +101,23 @@ inline void Sample(const Planes<T>& P, int64_t k, const Tap<T>& t, T* s) {
   for (int64_t c = 0; c < C; ++c) s[c] = t.w[0] * v0[c] + t.w[1] * v1[c] + t.w[2] * v2[c] + t.w[3] * v3[c];
 }
 
-// Every loop below runs plane by plane (plane-major), so one plane at a time is being read or
-// written and stays in cache while all Gaussians sample it.
+// This thread's share [first, last) of n items, in thread order (inside a parallel region).
+inline std::pair<int64_t, int64_t> ThreadRange(int64_t n) {
+  const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
+  return {n * tid / nt, n * (tid + 1) / nt};
+}
+
+// Every loop below runs plane by plane (plane-major) over the thread's own range of Gaussians, so
+// one plane at a time is being read or written and stays in cache, with no barrier between planes.
 template <typename T>
 void ForwardKernel(const Planes<T>& P, const T* coords, int64_t N, int64_t D, const int64_t* axes, T* out) {
   const int64_t C = P.C;
 #pragma omp parallel num_threads(at::get_num_threads())
   {
+    const auto [n0, n1] = ThreadRange(N);
     std::vector<T> s(C);
     for (int64_t k = 0; k < P.K; ++k) {
-#pragma omp for schedule(static)
-      for (int64_t n = 0; n < N; ++n) {
+      for (int64_t n = n0; n < n1; ++n) {
         T* o = out + n * C;
         Sample(P, k, P.TapAt(k, coords + n * D, axes), k == 0 ? o : s.data());
         if (k > 0)
@@ -120,44 +128,39 @@ void ForwardKernel(const Planes<T>& P, const T* coords, int64_t N, int64_t D, co
 }
 
 // Pass 1, over Gaussians: the taps [K, N], dL/d sample a[k, n, c] = grad[n, c] * prod_{q != k} sample_q[n, c]
-// (prefix and suffix products, no division) and the coordinate gradients [N, D].
+// (prefix and suffix products, no division; `a` first holds the samples) and the coordinate gradients [N, D].
 template <typename T>
 void SampleGradKernel(const Planes<T>& P, const T* coords, int64_t N, int64_t D, const int64_t* axes,
-                      const T* grad_out, Tap<T>* taps, T* samples, T* a, T* grad_coords) {
+                      const T* grad_out, Tap<T>* taps, T* a, T* grad_coords) {
   const int64_t K = P.K, C = P.C, NC = N * C;
 #pragma omp parallel num_threads(at::get_num_threads())
   {
+    const auto [n0, n1] = ThreadRange(N);
     for (int64_t k = 0; k < K; ++k) {
-#pragma omp for schedule(static)
-      for (int64_t n = 0; n < N; ++n) {
+      for (int64_t n = n0; n < n1; ++n) {
         const Tap<T> t = taps[k * N + n] = P.TapAt(k, coords + n * D, axes);
-        Sample(P, k, t, samples + k * NC + n * C);
+        Sample(P, k, t, a + k * NC + n * C);
       }
     }
-    std::vector<T> prefix(C);
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      // a_k = suffix product first (a_{K-1} = 1), then times the prefix product including grad.
-      T* aK = a + (K - 1) * NC + n * C;
-      std::fill(aK, aK + C, T(1));
+    std::vector<T> suffix(K * C), prefix(C);  // suffix[k] = prod_{q > k} sample_q
+    for (int64_t n = n0; n < n1; ++n) {
+      std::fill(suffix.end() - C, suffix.end(), T(1));
       for (int64_t k = K - 2; k >= 0; --k) {
-        T* ak = a + k * NC + n * C;
-        const T *an = ak + NC, *sn = samples + (k + 1) * NC + n * C;
-        for (int64_t c = 0; c < C; ++c) ak[c] = an[c] * sn[c];
+        const T* sn = a + (k + 1) * NC + n * C;
+        for (int64_t c = 0; c < C; ++c) suffix[k * C + c] = suffix[(k + 1) * C + c] * sn[c];
       }
       std::copy(grad_out + n * C, grad_out + (n + 1) * C, prefix.begin());
       for (int64_t k = 0; k < K; ++k) {
         T* ak = a + k * NC + n * C;
-        const T* sk = samples + k * NC + n * C;
         for (int64_t c = 0; c < C; ++c) {
-          ak[c] = prefix[c] * ak[c];
-          prefix[c] *= sk[c];
+          const T sample = ak[c];
+          ak[c] = prefix[c] * suffix[k * C + c];
+          prefix[c] *= sample;
         }
       }
     }
     for (int64_t k = 0; k < K; ++k) {
-#pragma omp for schedule(static)
-      for (int64_t n = 0; n < N; ++n) {
+      for (int64_t n = n0; n < n1; ++n) {
         const Tap<T>& t = taps[k * N + n];
         if (t.sx == 0 && t.sy == 0) continue;
         const T *v0 = P.data[k] + t.idx[0] * C, *v1 = P.data[k] + t.idx[1] * C;
@@ -184,8 +187,8 @@ void PlaneGradKernel(const Planes<T>& P, int64_t N, const Tap<T>* taps, const T*
   const int64_t K = P.K, C = P.C, NC = N * C;
 #pragma omp parallel num_threads(at::get_num_threads())
   {
-    const int64_t nt = omp_get_num_threads(), tid = omp_get_thread_num();
-    const int64_t c0 = C * tid / nt, c1 = C * (tid + 1) / nt, Cr = c1 - c0;
+    const auto [c0, c1] = ThreadRange(C);
+    const int64_t Cr = c1 - c0;
     std::vector<T> buf;  // [H_k, W_k, Cr] channels-last: this thread's channels of plane k
     for (int64_t k = 0; k < K && Cr > 0; ++k) {
       const int64_t HW = P.H[k] * P.W[k];
@@ -245,15 +248,14 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> HexPlaneBackwardCpu(const std::v
   const int64_t N = coords.size(0), D = coords.size(1), K = static_cast<int64_t>(planes.size());
   const int64_t C = planes[0].size(0);
   auto grad_coords = at::zeros({N, D}, coords.options());
-  auto samples = at::empty({K, N, C}, coords.options()), a = at::empty({K, N, C}, coords.options());
+  auto a = at::empty({K, N, C}, coords.options());
   std::vector<at::Tensor> grad_planes;
   for (const auto& p : planes) grad_planes.push_back(at::empty(p.sizes(), coords.options()));
   AT_DISPATCH_FLOATING_TYPES(coords.scalar_type(), "hexplane_backward_cpu", [&] {
     const Planes<scalar_t> P(planes);
     std::unique_ptr<Tap<scalar_t>[]> taps(new Tap<scalar_t>[K * N]);
     SampleGradKernel<scalar_t>(P, coords.data_ptr<scalar_t>(), N, D, axes.data(), grad_out.data_ptr<scalar_t>(),
-                               taps.get(), samples.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(),
-                               grad_coords.data_ptr<scalar_t>());
+                               taps.get(), a.data_ptr<scalar_t>(), grad_coords.data_ptr<scalar_t>());
     std::vector<scalar_t*> gp;
     for (auto& g : grad_planes) gp.push_back(g.data_ptr<scalar_t>());
     PlaneGradKernel<scalar_t>(P, N, taps.get(), a.data_ptr<scalar_t>(), gp);
