@@ -207,7 +207,7 @@ def composite_weights_cpu(
     *,
     expert_ids: Tensor | None = None,  # [N] int
     num_experts: int = 1,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The compositing weights ``w_i(p) = alpha_i T_i`` of :func:`composite_cpu` as a sparse matrix.
 
     For any features ``f`` ``[N, D]``, ``composite_cpu(..., f, ...)`` equals ``W @ f`` reshaped to
@@ -215,8 +215,9 @@ def composite_weights_cpu(
     row ``e * H * W + y * W + x`` holds the weights of expert ``e``'s pixel ``(x, y)``.
 
     Returns:
-        CSR arrays of ``W`` (not differentiable): ``crow`` ``[E * H * W + 1]`` int64, ``col`` ``[nnz]``
-        int64 (front to back within a row) and ``val`` ``[nnz]`` (``means2d``'s dtype).
+        CSR arrays of ``W`` (not differentiable): ``crow`` ``[E * H * W + 1]`` int32, ``col`` ``[nnz]``
+        int32 (front to back within a row) and ``val`` ``[nnz]`` (``means2d``'s dtype); then those of
+        ``W^T`` ``[N, E * H * W]``: ``[N + 1]``, ``[nnz]`` (ascending within a row), ``[nnz]``.
     """
     dt = means2d.dtype
     if dt not in (torch.float32, torch.float64):

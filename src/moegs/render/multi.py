@@ -276,10 +276,12 @@ def splat_weights(prep: PreparedExperts) -> SplatWeights | None:
     from ._cpu import composite_weights_cpu
 
     cam, K, N = prep.camera, prep.num_experts, prep.rgb.shape[0]
-    crow, col, val = composite_weights_cpu(prep.means2d, prep.conics, prep.opacities, prep.bins, cam.width,
-                                           cam.height, expert_ids=prep.expert_ids, num_experts=K)
+    crow, col, val, tcrow, tcol, tval = composite_weights_cpu(
+        prep.means2d, prep.conics, prep.opacities, prep.bins, cam.width, cam.height, expert_ids=prep.expert_ids,
+        num_experts=K)
+    R = K * cam.height * cam.width
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        matrix = torch.sparse_csr_tensor(crow, col, val, (K * cam.height * cam.width, N), check_invariants=False)
-        transpose = matrix.t().to_sparse_csr()
+        matrix = torch.sparse_csr_tensor(crow, col, val, (R, N), check_invariants=False)
+        transpose = torch.sparse_csr_tensor(tcrow, tcol, tval, (N, R), check_invariants=False)
     return SplatWeights(matrix, transpose, K, cam.height, cam.width)

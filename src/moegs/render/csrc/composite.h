@@ -46,10 +46,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwardCpu(
 //
 // Args: as for the forward (no features).
 // Returns CSR arrays of the [E * H * W, N] matrix whose row e * H * W + y * W + x holds the
-// weights w_i = alpha_i T_i of pixel (x, y) of expert e (zero weights are left out):
-//   crow: [E * H * W + 1] int64 row pointers; col: [nnz] int64 Gaussian indices, front to back
-//   within a row; val: [nnz] the weights (dtype of the inputs).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> CompositeWeightsCpu(
+// weights w_i = alpha_i T_i of pixel (x, y) of expert e (zero weights are left out), then of its
+// [N, E * H * W] transpose:
+//   crow: [E * H * W + 1] int32 row pointers; col: [nnz] int32 Gaussian indices, front to back
+//   within a row; val: [nnz] the weights (dtype of the inputs);
+//   tcrow: [N + 1] int32; tcol: [nnz] int32 image rows, ascending; tval: [nnz].
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeWeightsCpu(
     const at::Tensor& means2d,
     const at::Tensor& conics,
     const at::Tensor& opacities,
@@ -168,7 +170,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwa
       tiles_y, tile_size);
 }
 
-inline std::tuple<at::Tensor, at::Tensor, at::Tensor> CompositeWeights(
+inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeWeights(
     const at::Tensor& means2d,
     const at::Tensor& conics,
     const at::Tensor& opacities,

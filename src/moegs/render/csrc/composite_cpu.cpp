@@ -185,7 +185,8 @@ struct TileGaussians {
 // e * H * W + y * W + x, the Gaussian and the weight, in the order the forward meets them.
 template <typename scalar_t>
 struct WeightEntries {
-  std::vector<int64_t> rows, cols;
+  std::vector<int64_t> rows;
+  std::vector<int32_t> cols;
   std::vector<scalar_t> vals;
 };
 
@@ -292,7 +293,7 @@ void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar
                 for (int l = 0; l < nl; ++l) {
                   if (w[l] != scalar_t(0)) {
                     sink.rows.push_back(row0 + l);
-                    sink.cols.push_back(flatten_ids[start + i]);
+                    sink.cols.push_back(static_cast<int32_t>(flatten_ids[start + i]));
                     sink.vals.push_back(w[l]);
                   }
                 }
@@ -512,7 +513,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwardCpu(
   return {out, alpha, final_T, last};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> CompositeWeightsCpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeWeightsCpu(
     const at::Tensor& means2d,
     const at::Tensor& conics,
     const at::Tensor& opacities,
@@ -525,15 +526,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> CompositeWeightsCpu(
     int64_t tiles_x,
     int64_t tiles_y,
     int64_t tile_size) {
-  const int64_t E = num_experts, R = E * height * width;
-  auto features = at::zeros({means2d.size(0), 1}, means2d.options());
+  const int64_t E = num_experts, R = E * height * width, N = means2d.size(0);
+  auto features = at::zeros({N, 1}, means2d.options());
   auto out = at::zeros({E, height, width, 1}, means2d.options());
   auto alpha = at::zeros({E, height, width}, means2d.options());
   auto final_T = at::ones({E, height, width}, means2d.options());
   auto last = at::zeros({E, height, width}, means2d.options().dtype(at::kInt));
   const int32_t* eids = expert_ids.numel() ? expert_ids.data_ptr<int32_t>() : nullptr;
-  auto crow = at::zeros({R + 1}, means2d.options().dtype(at::kLong));
-  at::Tensor col, val;
+  const auto index = means2d.options().dtype(at::kInt);
+  auto crow = at::zeros({R + 1}, index), tcrow = at::zeros({N + 1}, index);
+  at::Tensor col, val, tcol, tval;
   AT_DISPATCH_FLOATING_TYPES(means2d.scalar_type(), "composite_weights_cpu", [&] {
     std::vector<WeightEntries<scalar_t>> sinks(tiles_x * tiles_y);
     ForwardKernel<scalar_t>(means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
@@ -543,30 +545,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> CompositeWeightsCpu(
                             static_cast<int>(tiles_y), static_cast<int>(tile_size), out.data_ptr<scalar_t>(),
                             alpha.data_ptr<scalar_t>(), final_T.data_ptr<scalar_t>(), last.data_ptr<int32_t>(),
                             &sinks);
-    // Counting sort by row; a row's entries keep the order they were emitted in (front to back).
-    int64_t* cr = crow.data_ptr<int64_t>();
+    // Counting sorts: by row (a row keeps its front-to-back order), then by column for the transpose
+    // (a column's entries in row order). Serial, so the layout never depends on the thread count.
+    int64_t nnz = 0;
     for (const auto& sink : sinks) {
-      for (const int64_t r : sink.rows) {
-        ++cr[r + 1];
+      nnz += static_cast<int64_t>(sink.rows.size());
+    }
+    TORCH_CHECK(nnz < (int64_t(1) << 31), "too many compositing weights for int32 indices: ", nnz);
+    int32_t* cr = crow.data_ptr<int32_t>();
+    int32_t* tcr = tcrow.data_ptr<int32_t>();
+    for (const auto& sink : sinks) {
+      for (size_t k = 0; k < sink.rows.size(); ++k) {
+        ++cr[sink.rows[k] + 1];
+        ++tcr[sink.cols[k] + 1];
       }
     }
     for (int64_t r = 0; r < R; ++r) {
       cr[r + 1] += cr[r];
     }
-    col = at::empty({cr[R]}, means2d.options().dtype(at::kLong));
-    val = at::empty({cr[R]}, means2d.options());
-    int64_t* c = col.data_ptr<int64_t>();
+    for (int64_t g = 0; g < N; ++g) {
+      tcr[g + 1] += tcr[g];
+    }
+    col = at::empty({nnz}, index);
+    val = at::empty({nnz}, means2d.options());
+    tcol = at::empty({nnz}, index);
+    tval = at::empty({nnz}, means2d.options());
+    int32_t* c = col.data_ptr<int32_t>();
     scalar_t* v = val.data_ptr<scalar_t>();
-    std::vector<int64_t> cursor(cr, cr + R);
+    std::vector<int32_t> cursor(cr, cr + R);
     for (const auto& sink : sinks) {
       for (size_t k = 0; k < sink.rows.size(); ++k) {
-        const int64_t at_ = cursor[sink.rows[k]]++;
-        c[at_] = sink.cols[k];
+        const int32_t at_ = cursor[sink.rows[k]]++;
+        c[at_] = static_cast<int32_t>(sink.cols[k]);
         v[at_] = sink.vals[k];
       }
     }
+    int32_t* tc = tcol.data_ptr<int32_t>();
+    scalar_t* tv = tval.data_ptr<scalar_t>();
+    std::vector<int32_t> tcursor(tcr, tcr + N);
+    for (int64_t r = 0; r < R; ++r) {
+      for (int32_t k = cr[r]; k < cr[r + 1]; ++k) {
+        const int32_t at_ = tcursor[c[k]]++;
+        tc[at_] = static_cast<int32_t>(r);
+        tv[at_] = v[k];
+      }
+    }
   });
-  return {crow, col, val};
+  return {crow, col, val, tcrow, tcol, tval};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeBackwardCpu(
