@@ -89,6 +89,17 @@ def test_sfm_at_several_instants_merges_their_points(blob_root):
     assert [v.camera_id for v in picks[1]] == sorted(v.camera_id for v in views)
 
 
+def test_auto_takes_random_points_when_sfm_finds_too_few(blob_root):
+    root, _, _ = blob_root
+    enough = load_scene(root, _cfg())
+    n = len(enough.points)
+    with pytest.warns(UserWarning, match=f"SfM found only {n} points"):
+        few = load_scene(root, _cfg(sfm=SfmOptions(min_points=n + 1), num_random_points=300))
+    assert len(few.points) == 300 and "random" in few.info["points"]
+    forced = load_scene(root, _cfg(points="sfm", sfm=SfmOptions(min_points=n + 1)))  # "sfm" keeps them
+    assert torch.equal(forced.points, enough.points)
+
+
 def test_filters_are_applied(blob_root):
     root, _, cams = blob_root
     views = first_views(load_scene(root, _cfg(points="random", num_random_points=10)).train_views)
@@ -162,7 +173,7 @@ def test_auto_falls_back_to_random_when_sfm_finds_nothing(tmp_path):
     np.save(root / "poses_bounds.npy", poses_bounds(cams))
     with pytest.warns(UserWarning, match="SfM kept no point"):
         scene = load_scene(root, _cfg(num_random_points=77))
-    assert len(scene.points) == 77 and "SfM failed" in scene.info["points"]
+    assert len(scene.points) == 77 and "SfM kept no point" in scene.info["points"]
     with pytest.raises(DataError, match="SfM kept no point"):
         load_scene(root, _cfg(points="sfm"))
 

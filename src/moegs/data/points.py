@@ -4,7 +4,7 @@
   ``points3D.ply``, ``init_pt_cld.npz``: the loader finds them), else SfM on
   the training cameras at ``SfmOptions.frames`` instants, merged
   (:func:`moegs.data.sfm.frame_points`, cached per instant), else -- when SfM
-  finds nothing -- the loader's random points, with a warning;
+  finds nothing, or fewer than ``SfmOptions.min_points`` -- the loader's random points, with a warning;
 - ``"sfm"``: SfM even when the folder ships points (an SfM failure is an error);
 - ``"random"``: the loader's random points;
 - anything else: a point file in the scene's world frame -- ``.ply``,
@@ -163,10 +163,14 @@ def choose_points(
         if cloud is not None:
             return in_world(cloud)
         try:
-            return sfm()
+            cloud = sfm()
+            if len(cloud[0]) >= config.sfm.min_points:
+                return cloud
+            problem = f"SfM found only {len(cloud[0])} points (fewer than sfm.min_points = {config.sfm.min_points})"
         except SfmError as e:
-            xyz, rgb, desc = random()
-            warnings.warn(f"{e}; using {desc}", stacklevel=3)
-            return xyz, rgb, f"{desc} (SfM failed: {e})"
+            problem = str(e)
+        xyz, rgb, desc = random()
+        warnings.warn(f"{problem}; using {desc}", stacklevel=3)
+        return xyz, rgb, f"{desc} ({problem})"
     xyz, rgb = read_point_file(choice)
     return in_world((xyz, rgb, f"{choice} ({len(xyz)} points)"))
