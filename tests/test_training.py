@@ -118,3 +118,21 @@ def test_fused_adam_matches_the_reference_implementation():
         opt_r.step()
     for p, q in zip(fused, ref):
         assert torch.allclose(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_windowed_view_order_draws_every_view_equally_and_close_together():
+    from collections import Counter
+
+    from moegs.train.sampler import sample_view, sample_view_windowed
+
+    views = list(range(23))  # any list; 23 is not a multiple of the window
+    window, repeats = 5, 3
+    draws = [sample_view_windowed(views, 4, s, window, repeats) for s in range(2 * len(views) * repeats)]
+    for cycle in (draws[:69], draws[69:]):
+        assert Counter(cycle) == {v: repeats for v in views}  # as many draws per view as `repeats` epochs
+    for v in views:  # a view's draws in a cycle lie within one window of window * repeats samples
+        at = [i for i, d in enumerate(draws[:69]) if d == v]
+        assert (at[-1] // (window * repeats)) == (at[0] // (window * repeats))
+    assert draws[:69] != draws[69:]  # each cycle its own order
+    assert [sample_view_windowed(views, 4, s, window, repeats) for s in range(30)] == draws[:30]  # stateless
+    assert sample_view_windowed(views, 4, 7, 1, 1) == sample_view(views, 4, 7)  # windows of 1, once: epochs

@@ -90,6 +90,13 @@ class MoEConfig:
     # Memory budget (MB) of the cache of frozen experts' per-view Gaussians, projection and tile bins
     # reused across stage-2 steps (0: off).
     render_cache_mb: float = 512.0
+    # Stage-2 view order: 0 draws shuffled epochs of the training views; W > 0 draws them in windows of
+    # W views, each view of a window stage2_repeats times before the next window (the same draws per
+    # view as stage2_repeats epochs), so that the cache serves all but a view's first draw in its
+    # window (moegs.train.sampler.sample_view_windowed). Keep W views' cache entries within
+    # render_cache_mb (about 36 MB per view for the demo's 3 experts at 160x120).
+    stage2_window: int = 8
+    stage2_repeats: int = 4
     # Device: auto (cuda if available), cpu or cuda.
     device: str = "auto"
     # Evaluate the mixture (and, with eval_experts, each expert alone) on the test views at the end.
@@ -117,6 +124,8 @@ class MoEConfig:
             raise ConfigError("ray_jitter, tv_weight and entropy_weight must be >= 0")
         if self.render_cache_mb < 0:
             raise ConfigError("render_cache_mb must be >= 0")
+        if self.stage2_window < 0 or self.stage2_repeats < 1:
+            raise ConfigError("stage2_window must be >= 0 and stage2_repeats >= 1")
         if self.steps < 0 or self.joint_steps < 0:
             raise ConfigError("steps and joint_steps must be >= 0")
         if self.temperature <= 0 or (self.temperature_final is not None and self.temperature_final <= 0):

@@ -14,7 +14,7 @@ from ..experts import ParamGroup
 from ..train.loop import run_loop
 from ..train.loss import photometric_loss
 from ..train.optim import Optimization
-from ..train.sampler import sample_view
+from ..train.sampler import sample_view, sample_view_windowed
 from .checkpoint import save_mixture
 from .config import MoEConfig
 from .mixture import Mixture
@@ -83,7 +83,11 @@ class MixtureTrainer:
         self.stage = stage
 
     def view_for_step(self, step: int) -> View:
-        return sample_view(self.scene.train_views, self.cfg.seed, step)
+        """Stage 2 in windows of views when ``stage2_window`` is set (cache hits), epochs otherwise."""
+        c = self.cfg
+        if c.stage2_window > 0 and c.render_cache_mb > 0 and self.stage_of(step) == 2:
+            return sample_view_windowed(self.scene.train_views, c.seed, step, c.stage2_window, c.stage2_repeats)
+        return sample_view(self.scene.train_views, c.seed, step)
 
     def loss(self, out, target: Tensor, stage: int, step: int) -> tuple[Tensor, dict]:
         """The step's loss for a :class:`~moegs.moe.mixture.MixtureOutput` ``out`` and ``target`` ``[H, W, 3]``."""
