@@ -23,9 +23,10 @@ from torch.autograd.function import once_differentiable
 from ..cameras import Camera
 from ._cpu import NativeExtension
 
-__all__ = ["available", "build_error", "project_and_color_cpu"]
+__all__ = ["available", "bin_cpu", "build_error", "project_and_color_cpu"]
 
-_PROJECT = NativeExtension("project_cpu", ("project_ext.cpp", "project_cpu.cpp"), ("project.h",), "CPU projection")
+_PROJECT = NativeExtension("project_cpu", ("project_ext.cpp", "project_cpu.cpp", "bin_cpu.cpp"), ("project.h",),
+                           "CPU projection")
 
 
 def available() -> bool:
@@ -106,3 +107,12 @@ def project_and_color_cpu(
         int(degree) if sh else -1,
     )
     return means2d, conics, depths, radii, (rgb if sh else colors)
+
+
+def bin_cpu(means2d: Tensor, radii: Tensor, order: Tensor, width: int, height: int,
+            tile_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``projection.bin_gaussians``'s lists from the visible Gaussians ``order`` ``[V]`` (front to back):
+    ``offsets`` ``[T + 1]``, ``flatten_ids`` ``[M]``, ``tile_ids`` ``[M]`` (int64), equal to the reference."""
+    m = means2d.detach().contiguous()
+    return _require().bin(m, radii.detach().to(m.dtype).contiguous(), order.contiguous(), int(width), int(height),
+                          int(tile_size))

@@ -205,16 +205,24 @@ class TileBins:
 
 @torch.no_grad()
 def bin_gaussians(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int,
-                  tile_size: int = TILE_SIZE) -> TileBins:
+                  tile_size: int = TILE_SIZE, *, backend: str = "auto") -> TileBins:
     """Assign each visible Gaussian to the tiles its 3-sigma square overlaps.
 
     Args:
         means2d: ``[N, 2]``; radii: ``[N]`` (0 = culled); depths: ``[N]``.
+        backend: ``"auto"`` (the compiled binning for CPU tensors when it is available, else the
+            PyTorch code), ``"cpu"`` or ``"torch"`` (the reference); both give the same lists.
     """
     dev = means2d.device
     tx, ty = (width + tile_size - 1) // tile_size, (height + tile_size - 1) // tile_size
     vis = torch.nonzero(radii > 0).squeeze(1)
     vis = vis[torch.argsort(depths[vis], stable=True)]  # front to back
+    if backend == "cpu" or (backend == "auto" and dev.type == "cpu" and means2d.dtype in (torch.float32, torch.float64)):
+        from . import _project_cpu
+
+        if backend == "cpu" or _project_cpu.available():
+            offsets, ids, tile = _project_cpu.bin_cpu(means2d, radii, vis, width, height, tile_size)
+            return TileBins(tiles_x=tx, tiles_y=ty, offsets=offsets, flatten_ids=ids, tile_ids=tile)
     m, r = means2d[vis].detach(), radii[vis].to(means2d.dtype)
     x0 = ((m[:, 0] - r) / tile_size).floor().clamp(0, tx).long()
     x1 = ((m[:, 0] + r) / tile_size).ceil().clamp(0, tx).long()
