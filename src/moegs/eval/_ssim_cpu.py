@@ -13,7 +13,6 @@ as the rasterizer does.
 
 from __future__ import annotations
 
-from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -27,18 +26,9 @@ __all__ = ["available", "build_error", "ssim_cpu"]
 _SSIM = NativeExtension("ssim_cpu", ("ssim_ext.cpp", "ssim_cpu.cpp"), ("ssim.h",), "CPU SSIM")
 
 
-def available() -> bool:
-    """Whether the compiled SSIM can be used (builds it on the first call)."""
-    return _SSIM.load() is not None
-
-
-def build_error() -> str | None:
-    """Why the compiled SSIM is unavailable, or ``None`` if it is available."""
-    return _SSIM.error()
-
-
-def _require() -> ModuleType:
-    return _SSIM.require()
+available = _SSIM.available
+build_error = _SSIM.error
+_require = _SSIM.require
 
 
 class _SsimCpu(torch.autograd.Function):

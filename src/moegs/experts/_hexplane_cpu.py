@@ -11,7 +11,6 @@ Threads: ``torch.get_num_threads()``, like the other native ops.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -25,18 +24,9 @@ _HEXPLANE = NativeExtension("hexplane_cpu", ("hexplane_ext.cpp", "hexplane_cpu.c
                             "CPU HexPlane sampler")
 
 
-def available() -> bool:
-    """Whether the compiled sampler can be used (builds it on the first call)."""
-    return _HEXPLANE.load() is not None
-
-
-def build_error() -> str | None:
-    """Why the compiled sampler is unavailable, or ``None`` if it is available."""
-    return _HEXPLANE.error()
-
-
-def _require() -> ModuleType:
-    return _HEXPLANE.require()
+available = _HEXPLANE.available
+build_error = _HEXPLANE.error
+_require = _HEXPLANE.require
 
 
 class _HexPlaneCpu(torch.autograd.Function):

@@ -98,6 +98,10 @@ class NativeExtension:
                 self._error = msg if len(msg) <= 2000 else "…" + msg[-2000:]
             return self._module
 
+    def available(self) -> bool:
+        """Whether the extension can be used (builds it on the first call)."""
+        return self.load() is not None
+
     def error(self) -> str | None:
         """Why the extension is unavailable, or ``None`` if it built."""
         self.load()
@@ -117,18 +121,9 @@ class NativeExtension:
 _COMPOSITE = NativeExtension("composite_cpu", ("ext.cpp", "composite_cpu.cpp"), ("composite.h",), "CPU rasterizer")
 
 
-def available() -> bool:
-    """Whether the compiled CPU rasterizer can be used (builds it on the first call)."""
-    return _COMPOSITE.load() is not None
-
-
-def build_error() -> str | None:
-    """Why the compiled CPU rasterizer is unavailable, or ``None`` if it is available."""
-    return _COMPOSITE.error()
-
-
-def _require() -> ModuleType:
-    return _COMPOSITE.require()
+available = _COMPOSITE.available
+build_error = _COMPOSITE.error
+_require = _COMPOSITE.require
 
 
 class _CompositeCpu(torch.autograd.Function):

@@ -14,7 +14,6 @@ budget (set it with ``torch.set_num_threads`` or ``OMP_NUM_THREADS``).
 
 from __future__ import annotations
 
-from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -29,18 +28,9 @@ _PROJECT = NativeExtension("project_cpu", ("project_ext.cpp", "project_cpu.cpp",
                            "CPU projection")
 
 
-def available() -> bool:
-    """Whether the compiled projection can be used (builds it on the first call)."""
-    return _PROJECT.load() is not None
-
-
-def build_error() -> str | None:
-    """Why the compiled projection is unavailable, or ``None`` if it is available."""
-    return _PROJECT.error()
-
-
-def _require() -> ModuleType:
-    return _PROJECT.require()
+available = _PROJECT.available
+build_error = _PROJECT.error
+_require = _PROJECT.require
 
 
 class _ProjectCpu(torch.autograd.Function):
