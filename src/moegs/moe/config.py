@@ -94,9 +94,9 @@ class MoEConfig:
     # W views, each view of a window stage2_repeats times before the next window (the same draws per
     # view as stage2_repeats epochs), so that the cache serves all but a view's first draw in its
     # window (moegs.train.sampler.sample_view_windowed). Keep W views' cache entries within
-    # render_cache_mb (about 36 MB per view for the demo's 3 experts at 160x120). Measured on the demo
-    # (800 steps): 8 x 2 gives the test PSNR of epochs (23.46 vs 23.44 dB) in 74 s instead of 201 s;
-    # 8 x 4 is faster (55 s) but its clustered draws cost 0.09 dB.
+    # render_cache_mb (about 36 MB per view for the demo's 3 experts at 160x120). Measured with the demo's
+    # experts (800 steps, at 80x60): 8 x 2 gives the test PSNR of epochs (23.46 vs 23.44 dB) in 74 s
+    # instead of 201 s; 8 x 4 is faster (55 s), but its clustered draws cost 0.09 dB.
     stage2_window: int = 8
     stage2_repeats: int = 2
     # Device: auto (cuda if available), cpu or cuda.
