@@ -3,6 +3,8 @@ checkpoints and resume, the uniform ablation, corrupt checkpoints."""
 
 from __future__ import annotations
 
+import copy
+
 import math
 import shutil
 
@@ -286,6 +288,9 @@ def test_frozen_render_cache(scene):
     assert len(mixture._cache) == 1
     again = mixture.render(view)
     assert len(mixture._cache) == 1 and torch.equal(first.color, again.color)
+    twin = copy.deepcopy(mixture)  # a copy (pruning one, the viewer) starts with an empty cache
+    assert len(twin._cache) == 0 and len(mixture._cache) == 1
+    assert torch.equal(twin.render(view).color, first.color)
     with torch.no_grad():
         mixture.experts[0].splats["means"][:, 0] += 0.05
     moved = mixture.render(view)

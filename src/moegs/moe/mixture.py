@@ -130,6 +130,11 @@ class Mixture(nn.Module):
             e.requires_grad_(trainable)
         self.clear_cache()
 
+    def __getstate__(self) -> dict:
+        """A copy or pickle never carries the render cache (it is rebuilt on demand)."""
+        state = super().__getstate__()
+        return {**state, "_cache": OrderedDict(), "_cache_bytes": 0}
+
     def clear_cache(self) -> None:
         """Drop every cached frozen-expert render (also done whenever the experts change)."""
         self._cache.clear()
