@@ -8,12 +8,13 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import data_path, random_init, small_camera as camera
 
 from moegs.data import DataConfig, load_scene
 from moegs.experts import CanonicalConfig, SceneInit
 from moegs.encoding import fourier_features, time_features
-from moegs.experts.deformable import DeformableConfig, DeformableGaussians
+from moegs.experts.deformable import DeformableConfig, DeformableGaussians, DeformationField
 from moegs.train import ops
 from moegs.train.config import TrainConfig
 from moegs.train.run import train_expert
@@ -48,6 +49,34 @@ def test_fourier_features_by_hand():
     t = 0.3
     want_t = [t, math.sin(math.pi * t), math.cos(math.pi * t), math.sin(2 * math.pi * t), math.cos(2 * math.pi * t)]
     assert torch.allclose(time_features(t, 2), torch.tensor(want_t), atol=1e-6)
+
+
+@pytest.mark.parametrize("time_net_width", [8, 0])
+@pytest.mark.parametrize("per_gaussian_time", [False, True])
+def test_field_equals_the_concatenated_mlp(time_net_width, per_gaussian_time):
+    """The field's layers read (γ(x), γ(t)) and the skip input in parts; the paper's MLP concatenates them."""
+    torch.manual_seed(0)
+    field = DeformationField(small_config(net_depth=5, time_net_width=time_net_width)).double()
+    for p in field.parameters():
+        torch.nn.init.normal_(p, std=0.5)  # non-zero heads
+    x = torch.randn(40, 3, dtype=torch.float64)
+    t = torch.rand(40 if per_gaussian_time else 1, 1, dtype=torch.float64)
+
+    def concatenated() -> torch.Tensor:
+        t_emb = fourier_features(t, field.time_freqs)
+        t_emb = field.time_net(t_emb) if field.time_net is not None else t_emb
+        inp = torch.cat((fourier_features(x, field.pos_freqs), t_emb.expand(40, -1)), dim=-1)
+        h = inp
+        for i, layer in enumerate(field.layers):
+            h = F.relu(layer(torch.cat((inp, h), dim=-1) if i == field.skip else h))
+        return torch.cat((field.warp(h), field.rotation(h), field.scaling(h)), dim=-1)
+
+    outs = [concatenated(), torch.cat(field(x, t), dim=-1)]
+    grads = [torch.autograd.grad((o * torch.linspace(-1, 1, 10, dtype=o.dtype)).sum(), list(field.parameters()))
+             for o in outs]
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+    for got, ref in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-10)
 
 
 def test_warmup_then_deformation_changes_with_time():

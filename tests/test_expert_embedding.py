@@ -11,7 +11,7 @@ from conftest import data_path, random_init
 
 from moegs.data import DataConfig, load_scene
 from moegs.experts import CanonicalConfig, SceneInit
-from moegs.experts.embedding import EmbeddingConfig, EmbeddingGaussians, interp1d
+from moegs.experts.embedding import EmbeddingConfig, EmbeddingGaussians, interp1d, knn_smoothness, neighbour_scatter
 from moegs.gaussians import knn
 from moegs.train import ops
 from moegs.train.config import TrainConfig
@@ -141,6 +141,44 @@ def test_learns_time_dependent_motion():
     move = (d1 - d0)[:, 1]
     right = canon[:, 0] > 0
     assert move[right].mean() > 0.1 and move[~right].mean() < -0.1
+
+
+def _smoothness_autograd(emb, idx, w):
+    """The embedding smoothness as plain autograd ops (an ``[N, k, D]`` neighbour gather)."""
+    nbr = emb.index_select(0, idx.flatten()).view(*idx.shape, -1)
+    return torch.sqrt((emb[:, None, :] - nbr).square().sum(-1) * w + 1e-20).mean()
+
+
+def _neighbour_graph(n: int, k: int, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(4)
+    idx, d2 = knn(torch.rand(n, 3, generator=g, dtype=dtype), k)
+    return idx, torch.exp(-20.0 * d2)
+
+
+def test_knn_smoothness_matches_autograd_formulation():
+    idx, w = _neighbour_graph(200, 6, torch.float64)
+    emb = torch.randn(200, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    emb[[3, 7]] = emb[idx[0, :2]]  # clones: identical embeddings, a zero difference in some pairs
+    emb[idx[11, 0]] = emb[11]
+    leaf = [emb.clone().requires_grad_() for _ in range(2)]
+    ref = _smoothness_autograd(leaf[0], idx, w)
+    got = knn_smoothness(leaf[1], idx, w, neighbour_scatter(idx, 200, torch.float64))
+    (ref * 1.7).backward()
+    (got * 1.7).backward()
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+    torch.testing.assert_close(leaf[1].grad, leaf[0].grad, rtol=1e-10, atol=1e-14)
+    # float32, as the expert runs it
+    idx32, w32 = idx, w.float()
+    e32 = emb.float().requires_grad_()
+    knn_smoothness(e32, idx32, w32, neighbour_scatter(idx32, 200)).backward()
+    torch.testing.assert_close(e32.grad, leaf[0].grad.float() / 1.7, rtol=1e-4, atol=1e-8)
+
+
+def test_knn_smoothness_gradcheck():
+    idx, w = _neighbour_graph(30, 4, torch.float64)
+    emb = torch.randn(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6)).requires_grad_()
+    scatter = neighbour_scatter(idx, 30, torch.float64)
+    assert torch.autograd.gradcheck(lambda e: knn_smoothness(e, idx, w, scatter), (emb,))
 
 
 def test_densification_moves_embeddings_with_their_gaussians():

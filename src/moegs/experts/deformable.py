@@ -121,13 +121,19 @@ class DeformationField(nn.Module):
         t_emb = fourier_features(t.reshape(-1, 1), self.time_freqs)  # [1 or N, 1+2Lt]
         if self.time_net is not None:
             t_emb = self.time_net(t_emb)
-        inp = torch.cat((x_emb, t_emb.expand(x.shape[0], -1)), dim=-1)
-        h = inp
+        h = None
         for i, layer in enumerate(self.layers):
-            if i == self.skip:
-                h = torch.cat((inp, h), dim=-1)
-            h = F.relu(layer(h))
+            h = F.relu(self._input_layer(layer, x_emb, t_emb, h) if i in (0, self.skip) else layer(h), inplace=True)
         return self.warp(h), self.rotation(h), self.scaling(h)
+
+    @staticmethod
+    def _input_layer(layer: nn.Linear, x_emb: Tensor, t_emb: Tensor, h: Tensor | None) -> Tensor:
+        """``layer(cat(x_emb, t_emb, h))`` (``h`` omitted when ``None``) without building the concatenation:
+        one product per part, the time part (``[1, C]`` when shared by all Gaussians) folded into the bias."""
+        w, xc, tc = layer.weight, x_emb.shape[1], t_emb.shape[1]
+        t_part = F.linear(t_emb, w[:, xc : xc + tc], layer.bias)  # [1 or N, W]
+        out = torch.addmm(t_part, x_emb, w[:, :xc].t())
+        return out if h is None else out.addmm_(h, w[:, xc + tc :].t())
 
 
 class DeformableGaussians(nn.Module):

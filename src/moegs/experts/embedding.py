@@ -32,19 +32,21 @@ are not modelled.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ..gaussians import GaussianSet, init_splats, knn
 from ..render import num_sh_bases
 from .base import ParamGroup, SceneInit
 from .base import CanonicalConfig, StepClock, splat_param_groups
 
-__all__ = ["Decoder", "EmbeddingConfig", "EmbeddingGaussians", "interp1d"]
+__all__ = ["Decoder", "EmbeddingConfig", "EmbeddingGaussians", "interp1d", "knn_smoothness", "neighbour_scatter"]
 
 
 @dataclass
@@ -108,6 +110,60 @@ def interp1d(x: Tensor, values: Tensor, q: Tensor) -> Tensor:
     return values[i - 1] * (1.0 - w) + values[i] * w
 
 
+def neighbour_scatter(idx: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The ``[n, M * k]`` sparse CSR matrix of ones that sums a per-pair ``[M * k, D]`` tensor onto the
+    neighbours ``idx`` ``[M, k]`` (its row ``j`` adds, in pair order, the pairs whose neighbour is ``j``)."""
+    flat = idx.flatten()
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat, minlength=n)
+    crow = torch.cat((counts.new_zeros(1), counts.cumsum(0)))
+    with warnings.catch_warnings():  # sparse CSR is flagged as beta; only its matmul is used
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, order, torch.ones(flat.shape[0], dtype=dtype, device=idx.device),
+                                       (n, flat.shape[0]), check_invariants=False)
+
+
+class _KnnSmoothness(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, emb, idx, w, scatter):
+        diff = emb.index_select(0, idx.flatten()).view(*idx.shape, -1).sub_(emb[:, None])  # [N, k, D]: e_j - e_i
+        s = torch.linalg.vecdot(diff, diff).mul_(w).add_(1e-20).sqrt_()  # [N, k]
+        ctx.save_for_backward(diff, s, w)
+        ctx.scatter = scatter
+        return s.mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        diff, s, w = ctx.saved_tensors
+        # d s_ij / d e_j = w_ij (e_j - e_i) / s_ij = -d s_ij / d e_i; written per pair, so identical
+        # embeddings (clones) get exactly zero, as in the autograd formulation.
+        pair = diff * (w / s).mul_(grad / s.numel())[..., None]  # [N, k, D]
+        return ctx.scatter @ pair.view(-1, pair.shape[-1]) - pair.sum(1), None, None, None
+
+
+def knn_smoothness(
+    emb: Tensor,  # [N, D]
+    idx: Tensor,  # [N, k]
+    w: Tensor,  # [N, k]
+    scatter: Tensor,  # [N, N * k] sparse CSR
+) -> Tensor:
+    """``mean_ij sqrt(w_ij |emb[idx_ij] - emb_i|^2 + 1e-20)``: the weighted L2 embedding smoothness.
+
+    Equal to the autograd formulation with an ``[N, k, D]`` neighbour gather, with a hand-written
+    backward that sums the neighbours' gradients with ``scatter`` (:func:`neighbour_scatter` of ``idx``,
+    in ``w``'s dtype) instead of autograd's index-add, and fewer ``[N, k, D]`` temporaries.
+
+    Args:
+        emb: ``[N, D]`` embeddings (differentiable); idx: ``[N, k]`` neighbour indices; w: ``[N, k]``
+            weights (not differentiated).
+
+    Returns:
+        A scalar.
+    """
+    return _KnnSmoothness.apply(emb, idx, w, scatter)
+
+
 class Decoder(nn.Module):
     """``(z_t [Dt], z_g [N, Dg]) -> hidden [N, W]`` then one head per deformed attribute.
 
@@ -130,9 +186,9 @@ class Decoder(nn.Module):
     def forward(self, z_t: Tensor, z_g: Tensor) -> dict[str, Tensor]:
         """``z_t`` ``[Dt]``, ``z_g`` ``[N, Dg]`` -> ``{attribute: [N, D_attr]}``."""
         w, b = self.first.weight, self.first.bias
-        h = F.linear(z_g, w[:, self.dt :]) + (w[:, : self.dt] @ z_t + b)
-        h = self.trunk(h)
-        return {k: head(h) for k, head in self.heads.items()}
+        h = F.linear(z_g, w[:, self.dt :], w[:, : self.dt] @ z_t + b)
+        a = F.relu(self.trunk(h), inplace=True)  # the first ReLU of every head, computed once
+        return {k: head[1:](a) for k, head in self.heads.items()}
 
 
 class EmbeddingGaussians(nn.Module):
@@ -173,7 +229,7 @@ class EmbeddingGaussians(nn.Module):
         args = (cfg.temporal_embedding_dim, cfg.gaussian_embedding_dim, cfg.net_width, cfg.net_depth, outputs)
         self.coarse = Decoder(*args)
         self.fine = Decoder(*args)
-        self._knn_cache: tuple[int, Tensor, Tensor] | None = None
+        self._knn_cache: tuple[int, Tensor, Tensor, Tensor] | None = None
 
     # ------------------------------------------------------------ embeddings
     def temporal_embedding(self, t: float, count: int) -> Tensor:
@@ -194,7 +250,7 @@ class EmbeddingGaussians(nn.Module):
         dc = self.coarse(self.temporal_embedding(t, self.num_coarse), z_g)
         df = self.fine(self.temporal_embedding(t, int(self.fine_count)), z_g)
         anneal = self.clock.ramp(self.config.anneal_steps)
-        return {k: (dc[k] + df[k]) * anneal for k in dc}
+        return {k: dc[k].add_(df[k]).mul_(anneal) for k in dc}
 
     def gaussians_at(self, t: float) -> GaussianSet:
         """The canonical Gaussians plus the decoders' offsets at ``t``."""
@@ -217,25 +273,23 @@ class EmbeddingGaussians(nn.Module):
         groups["embedding_deformation"] = ParamGroup(nets, cfg.net_lr * e, cfg.net_lr_final * e)
         return groups
 
-    def _neighbours(self) -> tuple[Tensor, Tensor]:
-        """kNN of the canonical means (``[N, k]`` indices and weights), recomputed when ``N`` changes."""
+    def _neighbours(self) -> tuple[Tensor, Tensor, Tensor]:
+        """kNN of the canonical means (``[N, k]`` indices and weights, and their :func:`neighbour_scatter`),
+        recomputed when ``N`` changes."""
         means = self.splats["means"].detach()
         n = means.shape[0]
         if self._knn_cache is None or self._knn_cache[0] != n or self._knn_cache[1].device != means.device:
             idx, d2 = knn(means, self.config.knn)
             w = torch.exp(-self.config.knn_weight_sharpness * d2 / self.extent**2)
-            self._knn_cache = (n, idx, w)
-        return self._knn_cache[1], self._knn_cache[2]
+            self._knn_cache = (n, idx, w, neighbour_scatter(idx, n, w.dtype))
+        return self._knn_cache[1:]
 
     def regularization(self, step: int) -> dict[str, Tensor]:
         """Embedding smoothness over neighbours, temporal-table smoothness and mean opacity (weighted)."""
         cfg, out = self.config, {}
         emb = self.splats["embedding"]
         if cfg.embedding_reg_weight > 0 and emb.shape[0] > 1:
-            idx, w = self._neighbours()
-            nbr = emb.index_select(0, idx.flatten()).view(*idx.shape, -1)  # [N, k, Dg]
-            diff2 = (emb[:, None, :] - nbr).square().sum(-1)  # [N, k]
-            out["embedding_smoothness"] = cfg.embedding_reg_weight * torch.sqrt(diff2 * w + 1e-20).mean()
+            out["embedding_smoothness"] = cfg.embedding_reg_weight * knn_smoothness(emb, *self._neighbours())
         if cfg.temporal_smoothness_weight > 0 and self.temporal.shape[0] > 2:
             first = self.temporal[1:] - self.temporal[:-1]
             out["temporal_smoothness"] = cfg.temporal_smoothness_weight * (first[1:] - first[:-1]).square().mean()
