@@ -61,15 +61,16 @@ class MixtureOutput:
 @dataclass
 class _Frozen:
     """What a view of frozen experts keeps: their Gaussians, projection and bins, their colours, and the
-    compositing weights that splat any per-Gaussian values (``None`` where the backend has none)."""
+    compositing weights that splat any per-Gaussian values (``base`` and ``weights`` are ``None`` where the
+    backend has no weights)."""
 
     prep: PreparedExperts
     sets: list[GaussianSet]
-    base: ExpertsRenderOutput
+    base: ExpertsRenderOutput | None
     weights: SplatWeights | None
 
     def nbytes(self) -> int:
-        out = [self.base.color, self.base.alpha, self.base.depth]
+        out = [self.base.color, self.base.alpha, self.base.depth] if self.base is not None else []
         return (self.prep.nbytes() + sum(s.nbytes() for s in self.sets) + sum(t.numel() * t.element_size() for t in out)
                 + (self.weights.nbytes() if self.weights is not None else 0))
 
@@ -160,15 +161,8 @@ class Mixture(nn.Module):
                camera.width, camera.height, camera.near, camera.far)
         return cam, t, tuple(int(e.sh_degree) for e in self.experts), state
 
-    def prepare(self, camera: Camera, t: float) -> tuple[PreparedExperts, list[GaussianSet]]:
-        """The experts' Gaussians at ``t`` and their projection, colours and tile bins for ``camera``
-        (from the cache when the experts are frozen and the view was seen)."""
-        frozen = self._frozen(camera, t)
-        if frozen is not None:
-            return frozen.prep, frozen.sets
-        return self._prepare(camera, t)
-
     def _prepare(self, camera: Camera, t: float) -> tuple[PreparedExperts, list[GaussianSet]]:
+        """The experts' Gaussians at ``t`` and their projection, colours and tile bins for ``camera``."""
         sets = [e.gaussians_at(t) for e in self.experts]
         gs = concat_sets(sets)
         ids = torch.repeat_interleave(torch.arange(len(sets), device=gs.means.device),
@@ -189,7 +183,10 @@ class Mixture(nn.Module):
         with torch.no_grad():
             prep, sets = self._prepare(camera, t)
             prep, sets = prep.detach(), [s.detach() for s in sets]
-            entry = _Frozen(prep, sets, composite_experts(prep, background=self.background), splat_weights(prep))
+            weights = splat_weights(prep)
+            # the colours are kept only where the weights splat the gates; elsewhere render() composites them with the gates
+            base = composite_experts(prep, background=self.background) if weights is not None else None
+            entry = _Frozen(prep, sets, base, weights)
         if entry.nbytes() <= self.cache_mb * 2**20:
             self._cache[key] = entry
             self._cache_bytes += entry.nbytes()

@@ -165,7 +165,7 @@ def rasterize(
     else:
         proj, rgb = project_and_color(means, quats, log_scales, colors, camera, sh_degree=sh_degree, backend=name)
         means2d, radii, depths = proj.means2d, proj.radii, proj.depths
-        bins = bin_gaussians(means2d, radii, depths, camera.width, camera.height)
+        bins = bin_gaussians(means2d, radii, depths, camera.width, camera.height, backend=name)
         features = torch.cat((rgb, depths[:, None], extras), dim=-1)
         if name == "torch":
             out, alpha = composite_torch(means2d, proj.conics, opac, features, bins, camera.width, camera.height)

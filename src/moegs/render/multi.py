@@ -136,7 +136,7 @@ def prepare_experts(
         rgb = eval_colors(means, colors, camera, sh_degree)
         return PreparedExperts(camera, ids, num_experts, name, opac, rgb, gaussians=(means, quats, log_scales))
     proj, rgb = project_and_color(means, quats, log_scales, colors, camera, sh_degree=sh_degree, backend=name)
-    bins = bin_gaussians(proj.means2d, proj.radii, proj.depths, camera.width, camera.height)
+    bins = bin_gaussians(proj.means2d, proj.radii, proj.depths, camera.width, camera.height, backend=name)
     return PreparedExperts(camera, ids, num_experts, name, opac, rgb, proj.means2d, proj.conics, proj.depths,
                            proj.radii, bins)
 
