@@ -18,12 +18,12 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..render._cpu import NativeExtension
+from ..render._cpu import NATIVE, NativeOps
 from .metrics import SSIM_C1, SSIM_C2, gaussian_taps
 
 __all__ = ["available", "build_error", "ssim_cpu"]
 
-_SSIM = NativeExtension("ssim_cpu", ("ssim_ext.cpp", "ssim_cpu.cpp"), ("ssim.h",), "CPU SSIM")
+_SSIM = NativeOps(NATIVE, "ssim", "CPU SSIM")
 
 
 available = _SSIM.available

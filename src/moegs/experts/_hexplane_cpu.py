@@ -16,12 +16,11 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ..render._cpu import NativeExtension
+from ..render._cpu import NATIVE, NativeOps
 
 __all__ = ["available", "build_error", "sample_planes_cpu"]
 
-_HEXPLANE = NativeExtension("hexplane_cpu", ("hexplane_ext.cpp", "hexplane_cpu.cpp"), ("hexplane.h",),
-                            "CPU HexPlane sampler")
+_HEXPLANE = NativeOps(NATIVE, "hexplane", "CPU HexPlane sampler")
 
 
 available = _HEXPLANE.available

@@ -1,10 +1,14 @@
 """The ``cpu`` backend: compiled C++/OpenMP tile compositing with a hand-written backward.
 
-The extension (``csrc/``) is compiled on first use with
+Every native op family (compositing, projection and binning, HexPlane sampling, SSIM) is
+one submodule of a single extension (``csrc/``), compiled on first use with
 ``torch.utils.cpp_extension.load`` and cached under ``$MOEGS_CACHE_DIR`` (default
 ``~/.cache/moegs``), in a folder keyed by a hash of the sources, the compiler
 flags, the CPU model and the torch/Python versions: the build uses
-``-march=native``, so a cache must never be reused on a different CPU.
+``-march=native``, so a cache must never be reused on a different CPU. No file
+includes ``<torch/extension.h>``: only the binding file (``ext.cpp``) includes pybind11
+and torch's Tensor casters, the kernels include light ATen headers, and ninja
+compiles them all in parallel.
 
 ``available()`` / ``build_error()`` tell whether it could be built; the
 ``"auto"`` backend falls back to the torch reference when it cannot.
@@ -26,7 +30,7 @@ from torch.autograd.function import once_differentiable
 from ..io import cache_dir
 from .projection import TILE_SIZE, TileBins
 
-__all__ = ["NativeExtension", "available", "build_error", "composite_cpu"]
+__all__ = ["NATIVE", "NativeExtension", "NativeOps", "available", "build_error", "composite_cpu"]
 
 _CSRC = Path(__file__).resolve().parent / "csrc"
 _CFLAGS = ("-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-DNDEBUG")
@@ -44,10 +48,7 @@ def _cpu_model() -> str:
 
 
 class NativeExtension:
-    """One compiled extension of ``csrc/`` (built on first use, cached, thread-safe).
-
-    Each native op family (compositing, projection, ...) is its own extension, so a
-    build failure of one never takes the others down.
+    """A compiled extension of ``csrc/`` (built on first use, cached, thread-safe).
 
     Args:
         name: extension name (also the cache folder's prefix).
@@ -84,7 +85,7 @@ class NativeExtension:
                 name, build_dir = self._build_dir()
                 build_dir.mkdir(parents=True, exist_ok=True)
                 if not any(build_dir.glob(f"{name}*.so")):
-                    print(f"moegs: compiling the {self.what} (once, ~1 min)…", file=sys.stderr, flush=True)
+                    print(f"moegs: compiling the {self.what} (once, ~30 s)…", file=sys.stderr, flush=True)
                 self._module = load(
                     name=name,
                     sources=[str(_CSRC / f) for f in self.sources],
@@ -107,18 +108,48 @@ class NativeExtension:
         self.load()
         return self._error
 
+
+NATIVE = NativeExtension(
+    "native_cpu",
+    ("ext.cpp", "composite_cpu.cpp", "project_cpu.cpp", "bin_cpu.cpp", "hexplane_cpu.cpp", "ssim_cpu.cpp"),
+    ("composite.h", "project.h", "hexplane.h", "ssim.h"),
+    "native CPU ops",
+)
+"""Every native op family, one submodule each (``composite``, ``project``, ``hexplane``, ``ssim``)."""
+
+
+class NativeOps:
+    """One op family of a :class:`NativeExtension`: its submodule, with the family's name in messages.
+
+    Args:
+        extension: the extension that holds the family (built on first use).
+        submodule: the family's submodule in it.
+        what: human-readable name of the family used in messages.
+    """
+
+    def __init__(self, extension: NativeExtension, submodule: str, what: str) -> None:
+        self.extension, self.submodule, self.what = extension, submodule, what
+
+    def available(self) -> bool:
+        """Whether the family's ops can be used (builds the extension on the first call)."""
+        return self.extension.available()
+
+    def error(self) -> str | None:
+        """Why the family's ops are unavailable, or ``None`` if the extension built."""
+        return self.extension.error()
+
     def require(self) -> ModuleType:
-        """The compiled module; ``RuntimeError`` with the build error when it cannot be built."""
-        module = self.load()
+        """The family's compiled submodule; ``RuntimeError`` with the build error when it cannot be built."""
+        module = self.extension.load()
         if module is None:
             raise RuntimeError(
-                f"moegs: the compiled {self.what} is unavailable ({self._error}); "
+                f"moegs: the compiled {self.what} is unavailable ({self.extension.error()}); "
                 "install a C++ compiler with OpenMP support, or use backend='torch'"
             )
-        return module
+        return getattr(module, self.submodule)
 
 
-_COMPOSITE = NativeExtension("composite_cpu", ("ext.cpp", "composite_cpu.cpp"), ("composite.h",), "CPU rasterizer")
+_COMPOSITE = NativeOps(NATIVE, "composite", "CPU rasterizer")
 
 
 available = _COMPOSITE.available

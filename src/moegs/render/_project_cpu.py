@@ -20,12 +20,11 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from ..cameras import Camera
-from ._cpu import NativeExtension
+from ._cpu import NATIVE, NativeOps
 
 __all__ = ["available", "bin_cpu", "build_error", "project_and_color_cpu"]
 
-_PROJECT = NativeExtension("project_cpu", ("project_ext.cpp", "project_cpu.cpp", "bin_cpu.cpp"), ("project.h",),
-                           "CPU projection")
+_PROJECT = NativeOps(NATIVE, "project", "CPU projection")
 
 
 available = _PROJECT.available

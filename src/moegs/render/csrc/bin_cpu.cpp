@@ -4,7 +4,13 @@
 // floating-point operations as the PyTorch version, the lists are built by a counting sort on the
 // tile (so each tile keeps the depth order), serially, and the result equals the reference exactly.
 
-#include <torch/extension.h>
+// Light ATen headers only (no torch/extension.h): keeps this TU quick to compile.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>

@@ -5,7 +5,8 @@
 // (moegs/render/_cpu.py).
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/ones.h>
 
 #include <tuple>
 

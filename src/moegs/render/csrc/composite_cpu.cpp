@@ -21,8 +21,14 @@
 // threads write the same slot - and a final serial pass adds the pairs of each
 // Gaussian in a fixed order (deterministic, no atomics).
 
+// Light ATen headers only (no torch/extension.h): keeps this TU quick to compile.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cmath>

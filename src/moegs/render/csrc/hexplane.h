@@ -6,7 +6,7 @@
 // (sample_planes_torch: F.grid_sample per plane, bilinear, border padding, align_corners=True).
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 #include <vector>

@@ -18,9 +18,14 @@
 //   thread count. Loops run plane by plane, so the plane being read or written stays in cache
 //   (a level's planes together may not).
 
-#include <ATen/Parallel.h>
+// Light ATen headers only (no torch/extension.h): keeps this TU quick to compile.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <omp.h>
-#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 
 #include <algorithm>
 #include <cstdint>

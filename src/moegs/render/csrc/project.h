@@ -6,7 +6,7 @@
 // (project_and_color with backend="torch").
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 

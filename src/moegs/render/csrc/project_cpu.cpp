@@ -21,8 +21,12 @@
 // torch's intra-op pool, so the native ops never oversubscribe the cores). Every Gaussian
 // reads and writes only its own slots: no atomics, results independent of the thread count.
 
+// Light ATen headers only (no torch/extension.h): keeps this TU quick to compile.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Parallel.h>
-#include <torch/extension.h>
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 
 #include <algorithm>
 #include <cmath>

@@ -6,7 +6,7 @@
 // backend="torch": depthwise conv2d with the outer product of taps, zero padding K / 2).
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
 #include <tuple>
 
