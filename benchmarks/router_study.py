@@ -19,6 +19,12 @@ with ``J`` joint steps, against each expert fine-tuned alone for the same ``J`` 
 learning-rate scale. ``--distill-steps N`` fine-tunes the mixture's best expert for ``N`` steps with
 the router-masked loss (:func:`moegs.moe.distill.distill`) and, for the same steps, on the ground truth
 alone (:func:`moegs.moe.distill.finetune`).
+
+``--router-cameras cam02 cam06`` tests a router trained on cameras its experts never saw: the
+pipeline's experts (same configs and budget) are trained again without those cameras, into
+``--out``/``experts_without_router_cameras``, and every variant's router is trained on the held-back
+cameras' views only. Each row then also gives the gain over the best of the given experts, which saw
+every training camera (the fair baseline: what a user gets without the mixture).
 """
 
 from __future__ import annotations
@@ -34,8 +40,14 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from moegs.data import load_scene  # noqa: E402
+from moegs.data import Scene, load_scene  # noqa: E402
+from moegs.eval import evaluate_renderer  # noqa: E402
+from moegs.experts import render_expert  # noqa: E402
+from moegs.pipeline import PipelineConfig, expert_train_config  # noqa: E402
+from moegs.train.checkpoint import load_expert  # noqa: E402
+from moegs.train.run import train_expert  # noqa: E402
 from moegs.moe import MoEConfig, load_mixture, train_mixture  # noqa: E402
 from moegs.moe.ablation import format_table  # noqa: E402
 from moegs.moe.build import spaced_views  # noqa: E402
@@ -86,11 +98,47 @@ def expert_checkpoints(args: argparse.Namespace) -> list[Path]:
     return ckpts
 
 
+def split_router_cameras(scene: Scene, cameras: list[str]) -> tuple[Scene, Scene]:
+    """``(scene without cameras, scene whose training views are those cameras')``, same test views."""
+    known = {v.camera.name for v in scene.train_views}
+    if unknown := sorted(set(cameras) - known):
+        sys.exit(f"router_study: --router-cameras {' '.join(unknown)}: not training cameras of {scene.name} "
+                 f"({', '.join(sorted(known))})")
+    rest = [v for v in scene.train_views if v.camera.name not in cameras]
+    held = [v for v in scene.train_views if v.camera.name in cameras]
+    return dataclasses.replace(scene, train_views=rest), dataclasses.replace(scene, train_views=held)
+
+
+def experts_without(scene: Scene, ckpts: list[Path], out: Path, downscale: float | None) -> list[Path]:
+    """The experts of ``ckpts`` trained again (pipeline configs and budget) on ``scene``; their checkpoints."""
+    cfg = PipelineConfig()
+    cfg.data.downscale = downscale
+    names = [load_expert(c)[1]["expert"] for c in ckpts]
+    cfg.with_experts(names)
+    paths = []
+    for n in names:
+        train_expert(scene, expert_train_config(cfg, n), out / n, resume=True, progress=False)
+        paths.append(out / n / "checkpoints" / "last.pt")
+    return paths
+
+
+def best_psnr(ckpts: list[Path], scene: Scene) -> float:
+    """Highest test PSNR of the experts ``ckpts`` on ``scene``."""
+    def psnr(c: Path) -> float:
+        e = load_expert(c)[0].eval()
+        render = lambda v: render_expert(e, v.camera, v.time, background=scene.background).color  # noqa: E731
+        return evaluate_renderer(render, scene, scene.test_views, use_lpips=False)["psnr"]
+    with torch.no_grad():
+        return max(psnr(c) for c in ckpts)
+
+
 def command(args: argparse.Namespace) -> str:
     """The command line that reproduces a row, without its variant and seed."""
     src = f"--pipeline {args.pipeline}" if args.pipeline else "--experts " + " ".join(str(e) for e in args.experts)
     if args.scene is not None and not args.default_scene:
         src += f" --scene {args.scene}" + (f" --downscale {args.downscale:g}" if args.downscale else "")
+    if args.router_cameras:
+        src += " --router-cameras " + " ".join(args.router_cameras)
     return f"python benchmarks/router_study.py {src}"
 
 
@@ -107,6 +155,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--joint-steps", type=int, default=0, help="stage-3 comparison with this many steps (0: skip)")
     p.add_argument("--distill-steps", type=int, default=0, help="distillation comparison steps (0: skip)")
     p.add_argument("--lam", type=float, default=0.5, help="distillation: share of the ground-truth term")
+    p.add_argument("--router-cameras", nargs="+", default=[], metavar="CAM",
+                   help="train the experts without these cameras and the router on them only")
     p.add_argument("--out", type=Path, default=Path("runs/router_study"))
     args = p.parse_args(argv)
     if not args.experts and not args.pipeline:
@@ -126,6 +176,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     base.data.downscale = args.downscale
     scene = load_scene(args.scene, base.data)
     ckpts = expert_checkpoints(args)
+    given_best = None
+    if args.router_cameras:
+        expert_scene, scene = split_router_cameras(scene, args.router_cameras)
+        given_best = best_psnr(ckpts, scene)
+        ckpts = experts_without(expert_scene, ckpts, args.out / "experts_without_router_cameras", args.downscale)
     train_views = spaced_views(scene.train_views, args.train_views)
     print(f"scene {scene.name}: {len(scene.train_views)} train / {len(scene.test_views)} test views; "
           f"experts {', '.join(str(c) for c in ckpts)}", flush=True)
@@ -143,12 +198,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "test_ssim": summary.get("test_ssim"), "best_expert": mixture.names[test["best_expert"]],
                    "gain_db": test["gain_db"], "oracle_psnr": test["oracle_psnr"], "realised_test": test["realised"],
                    "realised_train": train["realised"], "gain_train_db": train["gain_db"],
+                   **({"gain_vs_given_db": test["mixture_psnr"] - given_best} if given_best is not None else {}),
                    "command": f"{command(args)} --variants {name} --seeds {seed}"}
             rows.append(row)
             print(format_table([row], [c for c in row if c != "command"]), flush=True)
     print("\n== router study (held-out cameras) ==")
     print(format_table(rows, ["variant", "seed", "test_psnr", "test_ssim", "best_expert", "gain_db", "oracle_psnr",
-                              "realised_test", "realised_train", "command"]))
+                              "realised_test", "realised_train"]
+                       + (["gain_vs_given_db"] if given_best is not None else []) + ["command"]))
     if len(args.seeds) > 1:
         agg = []
         for name in args.variants:

@@ -24,7 +24,7 @@ from .moe.viz import render_weight_video, save_weight_figure, usage_histogram
 from .train import TrainConfig
 from .train.run import train_expert
 
-__all__ = ["PipelineConfig", "run_pipeline"]
+__all__ = ["PipelineConfig", "expert_train_config", "run_pipeline"]
 
 
 @dataclass
@@ -55,7 +55,8 @@ class PipelineConfig:
         return self
 
 
-def _expert_config(cfg: PipelineConfig, name: str) -> TrainConfig:
+def expert_train_config(cfg: PipelineConfig, name: str) -> TrainConfig:
+    """The training config of expert ``name`` in pipeline ``cfg`` (its budget and densification schedule)."""
     tc = TrainConfig(expert=cfg.experts[name], steps=cfg.expert_steps, data=cfg.data, backend=cfg.backend,
                      seed=cfg.seed, checkpoint_every=max(1, cfg.expert_steps // 4))
     s = tc.strategy
@@ -82,7 +83,7 @@ def run_pipeline(data: str | Path | Scene, config: PipelineConfig, out: str | Pa
     ckpts = []
     for name in config.experts:
         run = out / "experts" / name
-        summary = _done(run) or train_expert(scene, _expert_config(config, name), run, resume=True,
+        summary = _done(run) or train_expert(scene, expert_train_config(config, name), run, resume=True,
                                              progress=progress)
         rows[name] = summary
         ckpts.append(run / "checkpoints" / "last.pt")
