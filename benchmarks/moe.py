@@ -27,7 +27,7 @@ from moegs.moe import MoEConfig, evaluate_mixture, load_mixture, train_mixture  
 from moegs.moe.ablation import DESCRIPTIONS, format_table, run_ablation  # noqa: E402
 from moegs.moe.distill import distill, finetune  # noqa: E402
 from moegs.moe.efficiency import efficiency_table, format_efficiency_table  # noqa: E402
-from moegs.moe.prune import gate_prune  # noqa: E402
+from moegs.moe.prune import DEFAULT_THRESHOLD, gate_prune  # noqa: E402
 from moegs.moe.viz import render_weight_video, save_weight_figure, usage_histogram  # noqa: E402
 from moegs.train import TrainConfig  # noqa: E402
 from moegs.train.run import train_expert  # noqa: E402
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--router", default="full", help="router of the main mixture")
     p.add_argument("--gate", default="linear", help="gate of the main mixture: linear or mlp")
     p.add_argument("--downscale", type=float, default=None, help="image downscale of the scene")
-    p.add_argument("--prune-threshold", type=float, default=0.05,
+    p.add_argument("--prune-threshold", type=float, default=DEFAULT_THRESHOLD,
                    help="contribution to the blended image (pixels) under which Gaussians go")
     p.add_argument("--student", default=None, help="expert fine-tuned from the mixture (default: the best one)")
     p.add_argument("--distill-steps", type=int, default=None, help="fine-tuning steps (default: --expert-steps / 3)")

@@ -21,7 +21,7 @@ from ..eval import evaluate_renderer
 from ..experts import render_expert
 from .ablation import format_table
 from .mixture import Mixture
-from .prune import gate_prune
+from .prune import DEFAULT_THRESHOLD, gate_prune
 
 __all__ = ["efficiency_table", "format_efficiency_table", "COLUMNS"]
 
@@ -57,7 +57,7 @@ def _frames_per_second(renderers: dict[str, Callable[[View], Tensor]], views: li
 
 
 def efficiency_table(mixture: Mixture, scene: Scene, *, views: list[View] | None = None,
-                     prune_views: list[View] | None = None, prune_threshold: float = 0.05,
+                     prune_views: list[View] | None = None, prune_threshold: float = DEFAULT_THRESHOLD,
                      repeats: int = 3) -> list[dict]:
     """Rows ``{"model", "psnr", "ssim", "fps", "gaussians", "mb"}``: each expert alone, the mixture
     (K-pass, single-pass) and a pruned copy of it (K-pass, single-pass).

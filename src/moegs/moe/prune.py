@@ -24,7 +24,12 @@ from ..data import View
 from ..train import ops
 from .mixture import Mixture
 
-__all__ = ["remove_gaussians", "contributions", "gate_prune"]
+__all__ = ["DEFAULT_THRESHOLD", "remove_gaussians", "contributions", "gate_prune"]
+
+# Contribution (pixels) under which a Gaussian counts as unused. Measured on the demo's mixture (gates
+# router, 3 experts, 160x120, contributions over 24 training views): 0.05 px keeps 32.6k of 60k Gaussians,
+# 0.2 px 22.0k, both within 0.02 dB of the unpruned test PSNR; 0.3 px keeps 18.7k and costs 0.07 dB.
+DEFAULT_THRESHOLD = 0.2
 
 
 @torch.no_grad()
@@ -61,7 +66,7 @@ def contributions(mixture: Mixture, views: list[View]) -> list[Tensor]:
     return out
 
 
-def gate_prune(mixture: Mixture, views: list[View], threshold: float = 0.05) -> dict:
+def gate_prune(mixture: Mixture, views: list[View], threshold: float = DEFAULT_THRESHOLD) -> dict:
     """Remove from every expert the Gaussians contributing less than ``threshold`` pixels to every view.
 
     Args:

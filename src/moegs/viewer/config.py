@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..moe.prune import DEFAULT_THRESHOLD
 
 __all__ = ["ViewerConfig"]
 
@@ -31,7 +32,7 @@ class ViewerConfig:
     device: str = "auto"
     # Gate pruning (mixtures): contribution in pixels under which a Gaussian is dropped, and at most
     # how many training views measure the contributions.
-    prune_threshold: float = 0.05
+    prune_threshold: float = DEFAULT_THRESHOLD
     prune_views: int = 12
 
     def check(self) -> None:
