@@ -119,6 +119,18 @@ def test_cpu_extension_builds():
     assert _cpu.build_error() is None
 
 
+def test_a_killed_build_does_not_block_the_next_load(cpu_backend):
+    """A build killed mid-way leaves torch's ``lock`` file: a new process must not wait on it forever."""
+    import subprocess
+    import sys
+
+    _, build_dir = _cpu.NATIVE._build_dir()
+    (build_dir / "lock").touch()
+    code = "from moegs.render import _cpu; assert _cpu.available(), _cpu.build_error()"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    assert not (build_dir / "lock").exists()
+
+
 def single_gaussian(camera, z, logit, sigma_world, color, dtype=torch.float64):
     """One isotropic Gaussian on the optical axis (projects exactly to ``(cx, cy)``)."""
     return [

@@ -16,6 +16,7 @@ compiles them all in parallel.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import platform
 import sys
@@ -84,16 +85,23 @@ class NativeExtension:
 
                 name, build_dir = self._build_dir()
                 build_dir.mkdir(parents=True, exist_ok=True)
-                if not any(build_dir.glob(f"{name}*.so")):
-                    print(f"moegs: compiling the {self.what} (once, ~30 s)…", file=sys.stderr, flush=True)
-                self._module = load(
-                    name=name,
-                    sources=[str(_CSRC / f) for f in self.sources],
-                    extra_cflags=list(_CFLAGS),
-                    extra_ldflags=list(_LDFLAGS),
-                    build_directory=str(build_dir),
-                    verbose=False,
-                )
+                # torch's own build lock is a plain file that a killed build leaves behind, and
+                # every later load would wait on it forever. An flock is released by the kernel
+                # when its holder dies: whoever holds it is the only builder, so a torch lock
+                # file found then is stale.
+                with open(build_dir / "build.flock", "w") as baton:
+                    fcntl.flock(baton, fcntl.LOCK_EX)
+                    (build_dir / "lock").unlink(missing_ok=True)
+                    if not any(build_dir.glob(f"{name}*.so")):
+                        print(f"moegs: compiling the {self.what} (once, ~30 s)…", file=sys.stderr, flush=True)
+                    self._module = load(
+                        name=name,
+                        sources=[str(_CSRC / f) for f in self.sources],
+                        extra_cflags=list(_CFLAGS),
+                        extra_ldflags=list(_LDFLAGS),
+                        build_directory=str(build_dir),
+                        verbose=False,
+                    )
             except Exception as e:  # compiler missing, build failure, unwritable cache...
                 msg = f"{type(e).__name__}: {e}".strip()
                 self._error = msg if len(msg) <= 2000 else "…" + msg[-2000:]
