@@ -304,6 +304,17 @@ def test_frozen_render_cache(scene):
     assert len(mixture._cache) == 0
     mixture.render(view)
     assert len(mixture._cache) == 0  # experts trainable: nothing cached
+    # A render without gradients caches the projection and bins only; a training render of the same view
+    # then adds the compositing weights to that entry, and both agree.
+    mixture.set_experts_trainable(False)
+    with torch.no_grad():
+        plain = mixture.render(view)
+    (entry,) = mixture._cache.values()
+    assert entry.weights is None and entry.base is None
+    trained = mixture.render(view)
+    (entry,) = mixture._cache.values()
+    assert entry.weights is not None and trained.color.requires_grad
+    assert torch.allclose(plain.color, trained.color, atol=1e-5)
 
 
 def test_pruning_contributions_one_pass_match_k_passes(scene):

@@ -173,20 +173,30 @@ class Mixture(nn.Module):
 
     def _frozen(self, camera: Camera, t: float) -> _Frozen | None:
         """The frozen experts' render of ``(camera, t)`` (cached, or made and cached now), ``None``
-        when the experts are trainable or the cache is off."""
+        when the experts are trainable or the cache is off.
+
+        The compositing weights (about five composites' worth of work) are made only when gradients
+        are on, i.e. when the gates train on the view and reuse them; a render without gradients keeps
+        the projection and bins alone, and gains the weights if a training step meets it later."""
         key = self._cache_key(camera, t)
         if key is None:
             return None
-        if key in self._cache:
+        entry = self._cache.get(key)
+        if entry is not None:
             self._cache.move_to_end(key)
-            return self._cache[key]
-        with torch.no_grad():
-            prep, sets = self._prepare(camera, t)
+            if entry.weights is not None or not torch.is_grad_enabled():
+                return entry
+            self._cache_bytes -= self._cache.pop(key).nbytes()
+            prep, sets = entry.prep, entry.sets
+        else:
+            with torch.no_grad():
+                prep, sets = self._prepare(camera, t)
             prep, sets = prep.detach(), [s.detach() for s in sets]
-            weights = splat_weights(prep)
+        weights = splat_weights(prep) if torch.is_grad_enabled() else None
+        with torch.no_grad():
             # the colours are kept only where the weights splat the gates; elsewhere render() composites them with the gates
             base = composite_experts(prep, background=self.background) if weights is not None else None
-            entry = _Frozen(prep, sets, base, weights)
+        entry = _Frozen(prep, sets, base, weights)
         if entry.nbytes() <= self.cache_mb * 2**20:
             self._cache[key] = entry
             self._cache_bytes += entry.nbytes()

@@ -99,7 +99,10 @@ def expert_from_payload(payload: dict, path: str | Path = "<checkpoint>", config
     if means is None:
         raise CheckpointError(path, "checkpoint has no Gaussians (splats.means missing)")
     meta = payload["scene_meta"]
-    init = SceneInit(points=means.float(), colors=torch.full_like(means.float(), 0.5), extent=meta["extent"],
+    # Everything an expert derives from its initial points is state (shapes set by _resize_like, values
+    # by load_state_dict): a few points build it without initialising (nearest neighbours) all of them.
+    seed = means[:8].float()
+    init = SceneInit(points=seed, colors=torch.full_like(seed, 0.5), extent=meta["extent"],
                      times=torch.tensor(meta["times"], dtype=torch.float32, device=means.device))
     expert = model_cls(init, config)
     _resize_like(expert, model)
