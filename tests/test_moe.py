@@ -298,7 +298,7 @@ def test_frozen_render_cache(scene):
     fresh = mixture.render(view)
     mixture.cache_mb = 0.0
     uncached = mixture.render(view)
-    assert torch.equal(fresh.color, uncached.color)
+    assert torch.allclose(fresh.color, uncached.color, atol=1e-5)  # the cache composites by the weights
     mixture.cache_mb = 512.0
     mixture.set_experts_trainable(True)
     assert len(mixture._cache) == 0

@@ -168,7 +168,7 @@ def test_bad_expert_ids(backend):
 )
 def test_splat_weights_equal_compositing(sizes, n_extras, size, dtype, behind):
     """``W @ v`` is what compositing ``v`` as extra channels gives, and so are its gradients; ``W @ 1``
-    is each expert's alpha."""
+    is each expert's alpha; ``composite_experts(weights=W)`` equals the kernel's compositing."""
     if not _cpu.available():
         pytest.skip(f"compiled CPU rasterizer unavailable: {_cpu.build_error()}")
     cam = make_camera(*size, dtype=dtype)
@@ -190,9 +190,34 @@ def test_splat_weights_equal_compositing(sizes, n_extras, size, dtype, behind):
     assert (v2.grad - v1.grad).norm() <= 1e-5 * v1.grad.norm().clamp_min(1e-12)
     if sizes[0] == 0:
         assert maps[0].abs().max() == 0
+    # Compositing by the weights gives every output of the kernel (colours over the background too).
+    bg = torch.tensor([0.2, 0.5, 0.9], dtype=dtype)
+    kernel = composite_experts(prep, extras=v1.detach(), background=bg)
+    by_weights = composite_experts(prep, extras=v1.detach(), background=bg, weights=weights)
+    for name in ("color", "alpha", "depth", "extras"):
+        assert (getattr(by_weights, name) - getattr(kernel, name)).abs().max() <= 10 * tol, name
 
 
 def test_splat_weights_only_where_the_backend_has_them():
     cam = make_camera(20, 16)
     params, ids = expert_scene((30, 30), cam)
     assert splat_weights(prepare_experts(*params[:5], ids, 2, cam, backend="torch")) is None
+
+
+def test_splat_weights_do_not_depend_on_the_thread_count():
+    """The sparse layout (rows front to back, each column in row order) is the same on 1 and 3 threads."""
+    if not _cpu.available():
+        pytest.skip(f"compiled CPU rasterizer unavailable: {_cpu.build_error()}")
+    cam = make_camera(40, 30)
+    params, ids = expert_scene((120, 90, 150), cam, seed=5)
+    prep = prepare_experts(*params[:5], ids, 3, cam, backend="cpu")
+    threads = torch.get_num_threads()
+    try:
+        layouts = []
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            w = splat_weights(prep)
+            layouts.append([t for m in (w.matrix, w.transpose) for t in (m.crow_indices(), m.col_indices(), m.values())])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*layouts))

@@ -195,7 +195,7 @@ class Mixture(nn.Module):
         weights = splat_weights(prep) if torch.is_grad_enabled() else None
         with torch.no_grad():
             # the colours are kept only where the weights splat the gates; elsewhere render() composites them with the gates
-            base = composite_experts(prep, background=self.background) if weights is not None else None
+            base = composite_experts(prep, background=self.background, weights=weights) if weights is not None else None
         entry = _Frozen(prep, sets, base, weights)
         if entry.nbytes() <= self.cache_mb * 2**20:
             self._cache[key] = entry

@@ -187,14 +187,86 @@ struct TileGaussians {
   }
 };
 
-// The compositing weights w_i(p) = alpha_i T_i one tile emits (CompositeWeightsCpu): the image row
-// e * H * W + y * W + x, the Gaussian and the weight, in the order the forward meets them.
+// One compositing weight w_i(p) = alpha_i T_i a tile emits (CompositeWeightsCpu): the image row
+// e * H * W + y * W + x, the Gaussian and the weight. A tile's entries, in the order the forward
+// meets them, are one vector of these.
 template <typename scalar_t>
-struct WeightEntries {
-  std::vector<int64_t> rows;
-  std::vector<int32_t> cols;
-  std::vector<scalar_t> vals;
+struct WeightEntry {
+  int32_t row;
+  int32_t col;
+  scalar_t val;
 };
+
+template <typename scalar_t>
+using WeightEntries = std::vector<WeightEntry<scalar_t>>;
+
+// Counting sorts of the weights the tiles emitted: by row (a row keeps its front-to-back order) into
+// (cr, c, v), then by column for the transpose (tcr, tc, tv; a column's entries in row order). Tiles
+// own disjoint rows, so the row sort runs per tile; the transpose runs per contiguous block of rows,
+// each block's entries of a column placed after the previous blocks'. Either layout is the serial
+// one, whatever the thread count. `cr` and `tcr` come zeroed; `sinks` is emptied.
+template <typename scalar_t>
+void WeightsToCsr(std::vector<WeightEntries<scalar_t>>& sinks, int64_t R, int64_t N, int64_t nnz, int32_t* cr,
+                  int32_t* c, scalar_t* v, int32_t* tcr, int32_t* tc, scalar_t* tv) {
+  const int64_t n_tiles = static_cast<int64_t>(sinks.size());
+#pragma omp parallel for schedule(dynamic, 4) num_threads(at::get_num_threads())
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    for (const auto& e : sinks[t]) {
+      ++cr[e.row + 1];
+    }
+  }
+  for (int64_t r = 0; r < R; ++r) {
+    cr[r + 1] += cr[r];
+  }
+  std::vector<int32_t> cursor(cr, cr + R);
+#pragma omp parallel for schedule(dynamic, 4) num_threads(at::get_num_threads())
+  for (int64_t t = 0; t < n_tiles; ++t) {
+    for (const auto& e : sinks[t]) {
+      const int32_t at = cursor[e.row]++;
+      c[at] = e.col;
+      v[at] = e.val;
+    }
+  }
+  std::vector<WeightEntries<scalar_t>>().swap(sinks);
+  // Blocks of rows holding about nnz / B entries each.
+  const int B = std::max(1, at::get_num_threads());
+  std::vector<int64_t> block_row(B + 1, R);
+  block_row[0] = 0;
+  for (int b = 1, r = 0; b < B; ++b) {
+    while (r < R && cr[r] < nnz * b / B) {
+      ++r;
+    }
+    block_row[b] = r;
+  }
+  std::vector<int32_t> starts(static_cast<size_t>(B) * N, 0);  // per block: counts, then starts, then cursors
+#pragma omp parallel for num_threads(B)
+  for (int b = 0; b < B; ++b) {
+    int32_t* cnt = starts.data() + static_cast<size_t>(b) * N;
+    for (int32_t k = cr[block_row[b]]; k < cr[block_row[b + 1]]; ++k) {
+      ++cnt[c[k]];
+    }
+  }
+  for (int64_t g = 0; g < N; ++g) {
+    int32_t at = tcr[g];
+    for (int b = 0; b < B; ++b) {
+      const int32_t n = starts[static_cast<size_t>(b) * N + g];
+      starts[static_cast<size_t>(b) * N + g] = at;
+      at += n;
+    }
+    tcr[g + 1] = at;
+  }
+#pragma omp parallel for num_threads(B)
+  for (int b = 0; b < B; ++b) {
+    int32_t* tcursor = starts.data() + static_cast<size_t>(b) * N;
+    for (int64_t r = block_row[b]; r < block_row[b + 1]; ++r) {
+      for (int32_t k = cr[r]; k < cr[r + 1]; ++k) {
+        const int32_t at = tcursor[c[k]]++;
+        tc[at] = static_cast<int32_t>(r);
+        tv[at] = v[k];
+      }
+    }
+  }
+}
 
 // Forward compositing; with `sinks` (one per tile), also every nonzero weight of every pixel.
 template <typename scalar_t>
@@ -295,12 +367,11 @@ void ForwardKernel(const scalar_t* means2d, const scalar_t* conics, const scalar
               }
               if (sinks) {
                 WeightEntries<scalar_t>& sink = (*sinks)[tile];
-                const int64_t row0 = e * HW + static_cast<int64_t>(y) * W + x0;
+                const int32_t g = static_cast<int32_t>(flatten_ids[start + i]);
+                const int32_t row0 = static_cast<int32_t>(e * HW + static_cast<int64_t>(y) * W + x0);
                 for (int l = 0; l < nl; ++l) {
                   if (w[l] != scalar_t(0)) {
-                    sink.rows.push_back(row0 + l);
-                    sink.cols.push_back(static_cast<int32_t>(flatten_ids[start + i]));
-                    sink.vals.push_back(w[l]);
+                    sink.push_back({row0 + l, g, w[l]});
                   }
                 }
               }
@@ -533,6 +604,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     int64_t tiles_y,
     int64_t tile_size) {
   const int64_t E = num_experts, R = E * height * width, N = means2d.size(0);
+  TORCH_CHECK(R < (int64_t(1) << 31), "too many pixels for int32 weight rows: ", R);
   auto features = at::zeros({N, 1}, means2d.options());
   auto out = at::zeros({E, height, width, 1}, means2d.options());
   auto alpha = at::zeros({E, height, width}, means2d.options());
@@ -551,51 +623,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
                             static_cast<int>(tiles_y), static_cast<int>(tile_size), out.data_ptr<scalar_t>(),
                             alpha.data_ptr<scalar_t>(), final_T.data_ptr<scalar_t>(), last.data_ptr<int32_t>(),
                             &sinks);
-    // Counting sorts: by row (a row keeps its front-to-back order), then by column for the transpose
-    // (a column's entries in row order). Serial, so the layout never depends on the thread count.
     int64_t nnz = 0;
     for (const auto& sink : sinks) {
-      nnz += static_cast<int64_t>(sink.rows.size());
+      nnz += static_cast<int64_t>(sink.size());
     }
     TORCH_CHECK(nnz < (int64_t(1) << 31), "too many compositing weights for int32 indices: ", nnz);
-    int32_t* cr = crow.data_ptr<int32_t>();
-    int32_t* tcr = tcrow.data_ptr<int32_t>();
-    for (const auto& sink : sinks) {
-      for (size_t k = 0; k < sink.rows.size(); ++k) {
-        ++cr[sink.rows[k] + 1];
-        ++tcr[sink.cols[k] + 1];
-      }
-    }
-    for (int64_t r = 0; r < R; ++r) {
-      cr[r + 1] += cr[r];
-    }
-    for (int64_t g = 0; g < N; ++g) {
-      tcr[g + 1] += tcr[g];
-    }
     col = at::empty({nnz}, index);
     val = at::empty({nnz}, means2d.options());
     tcol = at::empty({nnz}, index);
     tval = at::empty({nnz}, means2d.options());
-    int32_t* c = col.data_ptr<int32_t>();
-    scalar_t* v = val.data_ptr<scalar_t>();
-    std::vector<int32_t> cursor(cr, cr + R);
-    for (const auto& sink : sinks) {
-      for (size_t k = 0; k < sink.rows.size(); ++k) {
-        const int32_t at_ = cursor[sink.rows[k]]++;
-        c[at_] = static_cast<int32_t>(sink.cols[k]);
-        v[at_] = sink.vals[k];
-      }
-    }
-    int32_t* tc = tcol.data_ptr<int32_t>();
-    scalar_t* tv = tval.data_ptr<scalar_t>();
-    std::vector<int32_t> tcursor(tcr, tcr + N);
-    for (int64_t r = 0; r < R; ++r) {
-      for (int32_t k = cr[r]; k < cr[r + 1]; ++k) {
-        const int32_t at_ = tcursor[c[k]]++;
-        tc[at_] = static_cast<int32_t>(r);
-        tv[at_] = v[k];
-      }
-    }
+    WeightsToCsr<scalar_t>(sinks, R, N, nnz, crow.data_ptr<int32_t>(), col.data_ptr<int32_t>(), val.data_ptr<scalar_t>(),
+                           tcrow.data_ptr<int32_t>(), tcol.data_ptr<int32_t>(), tval.data_ptr<scalar_t>());
   });
   return {crow, col, val, tcrow, tcol, tval};
 }
