@@ -193,9 +193,10 @@ class Mixture(nn.Module):
                 prep, sets = self._prepare(camera, t)
             prep, sets = prep.detach(), [s.detach() for s in sets]
         weights = splat_weights(prep) if torch.is_grad_enabled() else None
-        with torch.no_grad():
-            # the colours are kept only where the weights splat the gates; elsewhere render() composites them with the gates
-            base = composite_experts(prep, background=self.background, weights=weights) if weights is not None else None
+        base = None  # colours are kept only with the weights; without them render() composites colours and gates
+        if weights is not None:
+            with torch.no_grad():
+                base = composite_experts(prep, background=self.background, weights=weights)
         entry = _Frozen(prep, sets, base, weights)
         if entry.nbytes() <= self.cache_mb * 2**20:
             self._cache[key] = entry
