@@ -28,6 +28,7 @@ _SSIM = NativeOps(NATIVE, "ssim", "CPU SSIM")
 
 available = _SSIM.available
 build_error = _SSIM.error
+usable = _SSIM.usable
 _require = _SSIM.require
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,6 @@ def psnr(img: Tensor, ref: Tensor) -> float:
 
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # SSIM's stabilising constants for images in [0, 1]
 SSIM_BACKENDS: tuple[str, ...] = ("auto", "cpu", "torch")
-_FALLBACK_WARNED: list[bool] = []  # the missing-extension warning is given once per process
 
 
 def gaussian_taps(size: int, sigma: float, like: Tensor) -> Tensor:
@@ -76,12 +74,8 @@ def ssim(img: Tensor, ref: Tensor, window: int = 11, sigma: float = 1.5, *, back
         if _native_applies(img, ref, window):
             from . import _ssim_cpu
 
-            if _ssim_cpu.available():
+            if _ssim_cpu.usable("using the torch reference"):
                 backend = "cpu"
-            elif not _FALLBACK_WARNED:
-                warnings.warn(f"moegs: the compiled CPU SSIM is unavailable ({_ssim_cpu.build_error()}); "
-                              "using the torch reference")
-                _FALLBACK_WARNED.append(True)
     if backend == "torch":
         return _ssim_torch(img, ref, window, sigma)
     from ._ssim_cpu import ssim_cpu

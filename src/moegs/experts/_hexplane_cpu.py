@@ -25,6 +25,7 @@ _HEXPLANE = NativeOps(NATIVE, "hexplane", "CPU HexPlane sampler")
 
 available = _HEXPLANE.available
 build_error = _HEXPLANE.error
+usable = _HEXPLANE.usable
 _require = _HEXPLANE.require
 
 

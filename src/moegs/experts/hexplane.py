@@ -29,7 +29,6 @@ the paper uses 32 features, base 64 for D-NeRF).
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
@@ -125,9 +124,6 @@ def sample_planes_torch(
     return f
 
 
-_NATIVE_FALLBACK_WARNED: list[bool] = []
-
-
 class HexPlaneField(nn.Module):
     """Multi-resolution HexPlane: ``[N, 4]`` coordinates in ``[-1, 1]`` -> ``[N, feature_dim * levels]`` features.
 
@@ -167,12 +163,8 @@ class HexPlaneField(nn.Module):
         if backend == "cpu" or (backend == "auto" and native_ok):
             from . import _hexplane_cpu
 
-            if backend == "cpu" or _hexplane_cpu.available():
+            if backend == "cpu" or _hexplane_cpu.usable("sampling with grid_sample"):
                 sample = _hexplane_cpu.sample_planes_cpu
-            elif not _NATIVE_FALLBACK_WARNED:
-                warnings.warn(f"moegs: the compiled HexPlane sampler is unavailable ({_hexplane_cpu.build_error()}); "
-                              "sampling with grid_sample")
-                _NATIVE_FALLBACK_WARNED.append(True)
         return torch.cat([sample(coords, planes, PLANES) for planes in self.levels], dim=-1)
 
 

@@ -44,8 +44,9 @@ from torch import Tensor, nn
 from ..gaussians import GaussianSet, init_splats
 from .base import ParamGroup, SceneInit
 from .base import CanonicalConfig, splat_param_groups
+from . import _motion_cpu
 
-__all__ = ["KeyframeConfig", "KeyframeGaussians", "hermite", "slerp", "catmull_rom_tangent"]
+__all__ = ["KeyframeConfig", "KeyframeGaussians", "hermite", "hermite_coefficients", "slerp", "catmull_rom_tangent"]
 
 
 def catmull_rom_tangent(points: Tensor, k: int) -> Tensor:
@@ -72,6 +73,30 @@ def hermite(p0: Tensor, m0: Tensor, p1: Tensor, m1: Tensor, s: float) -> Tensor:
     """
     s2, s3 = s * s, s * s * s
     return (2 * s3 - 3 * s2 + 1) * p0 + (s3 - 2 * s2 + s) * m0 + (-2 * s3 + 3 * s2) * p1 + (s3 - s2) * m1
+
+
+def hermite_coefficients(window: int, k: int, s: float) -> list[float]:
+    """The spline of :meth:`KeyframeGaussians.interpolate` as weights of its keyframes.
+
+    ``hermite(P_k, m_k, P_{k+1}, m_{k+1}, s)`` with Catmull-Rom tangents ``m`` (``catmull_rom_tangent``) is
+    linear in the ``window`` keyframes ``P_0 .. P_{window-1}``: this returns the ``window`` weights ``c`` with
+    ``hermite(...) = sum_w c[w] P_w``.
+    """
+    def tangent(j: int) -> list[float]:
+        c = [0.0] * window
+        lo, hi, half = (0, 1, 1.0) if j == 0 else ((window - 2, window - 1, 1.0) if j == window - 1
+                                                     else (j - 1, j + 1, 0.5))
+        c[hi] += half
+        c[lo] -= half
+        return c
+
+    s2, s3 = s * s, s * s * s
+    h00, h10, h01, h11 = 2 * s3 - 3 * s2 + 1, s3 - 2 * s2 + s, -2 * s3 + 3 * s2, s3 - s2
+    m0, m1 = tangent(k), tangent(k + 1)
+    c = [h10 * a + h11 * b for a, b in zip(m0, m1)]
+    c[k] += h00
+    c[k + 1] += h01
+    return c
 
 
 def slerp(q0: Tensor, q1: Tensor, s: float, eps: float = 1e-4) -> Tensor:
@@ -177,25 +202,52 @@ class KeyframeGaussians(nn.Module):
         """``[K]`` times of all (finest-level) keyframes."""
         return torch.linspace(self.t0, self.t1, self.num_keyframes, device=self.level.device)
 
-    def interpolate(self, t: float, kf_means: Tensor, kf_quats: Tensor, level: int | None = None,
-                    ) -> tuple[Tensor, Tensor]:
-        """Position ``[N, 3]`` and rotation ``[N, 4]`` at ``t`` from the keyframes ``kf_*`` (``[N, K, 3/4]``)
-        active at ``level`` (default: the current one): Hermite spline and slerp."""
+    def segment(self, t: float, level: int | None = None) -> tuple[list[int], int, float]:
+        """Where ``t`` falls among the keyframes active at ``level`` (default: the current one).
+
+        Returns ``(window, k, s)``: the keyframe columns the spline reads (``i - 1 .. i + 2`` of the active
+        ones around the segment ``i`` holding ``t``, cut at the ends, where the spline's tangents are
+        one-sided), the segment's start within the window and ``s ∈ [0, 1]`` along it.
+        """
         stride = self.stride(level)
         ka = len(range(0, self.num_keyframes, stride))  # the active keyframes are every stride-th one
         u = (min(max(float(t), self.t0), self.t1) - self.t0) / (self.t1 - self.t0) * (ka - 1)
         i = min(int(math.floor(u)), ka - 2)
-        s = u - i
-        # Only the keyframes segment i reads, as strided views (no gather of every keyframe, and a
-        # backward that fills [N, 4, D] rather than [N, K, D] per read): i - 1 .. i + 2 for the
-        # positions (the window's ends are the spline's own wherever a tangent is taken there).
         j0, j1 = max(i - 1, 0), min(i + 2, ka - 1)
-        P = kf_means[:, j0 * stride: j1 * stride + 1: stride]  # [N, <= 4, 3]
-        Q = kf_quats[:, i * stride: (i + 1) * stride + 1: stride]  # [N, 2, 4]
-        k = i - j0
+        return [j * stride for j in range(j0, j1 + 1)], i - j0, u - i
+
+    def interpolate(self, t: float, kf_means: Tensor, kf_quats: Tensor, level: int | None = None,
+                    ) -> tuple[Tensor, Tensor]:
+        """Position ``[N, 3]`` and rotation ``[N, 4]`` at ``t`` from the keyframes ``kf_*`` (``[N, K, 3/4]``)
+        active at ``level`` (default: the current one): Hermite spline and slerp (torch ops)."""
+        cols, k, s = self.segment(t, level)
+        # Only the keyframes the segment reads, as strided views (no gather of every keyframe, and a
+        # backward that fills [N, 4, D] rather than [N, K, D] per read).
+        step = cols[1] - cols[0]
+        P = kf_means[:, cols[0]: cols[-1] + 1: step]  # [N, <= 4, 3]
+        Q = kf_quats[:, cols[k]: cols[k + 1] + 1: step]  # [N, 2, 4]
         pos = hermite(P[:, k], catmull_rom_tangent(P, k), P[:, k + 1], catmull_rom_tangent(P, k + 1), s)
         rot = slerp(Q[:, 0], Q[:, 1], s)
         return pos, rot
+
+    def motion(self, t: float, backend: str = "auto") -> tuple[Tensor, Tensor]:
+        """Positions ``[N, 3]`` and rotations ``[N, 4]`` of every Gaussian at ``t``.
+
+        ``backend``: ``"torch"`` the reference (``interpolate`` and element-wise ops), ``"cpu"`` the fused
+        native op (:mod:`moegs.experts._motion_cpu`), ``"auto"`` the native one where it applies.
+        """
+        if backend not in ("auto", "cpu", "torch"):
+            raise ValueError(f"unknown motion backend {backend!r}; choose from auto, cpu, torch")
+        s = self.splats
+        if backend == "cpu" or (backend == "auto" and _motion_cpu.applies(s["means"])):
+            cols, k, u = self.segment(t)
+            return _motion_cpu.keyframe_motion_cpu(s["means"], s["velocity"], s["quats"], s["kf_means"],
+                                                   s["kf_quats"], s["dynamic"], float(t), cols,
+                                                   hermite_coefficients(len(cols), k, u), (cols[k], cols[k + 1]), u)
+        dyn = (s["dynamic"] > 0.5)[:, None]  # [N, 1]
+        static_pos = s["means"] + s["velocity"] * float(t)
+        pos, rot = self.interpolate(t, s["kf_means"], s["kf_quats"])
+        return torch.where(dyn, pos, static_pos), torch.where(dyn, rot, F.normalize(s["quats"], dim=-1))
 
     @torch.no_grad()
     def subdivide(self) -> None:
@@ -237,11 +289,7 @@ class KeyframeGaussians(nn.Module):
     # ------------------------------------------------------------- protocol
     def gaussians_at(self, t: float) -> GaussianSet:
         s = self.splats
-        dyn = (s["dynamic"] > 0.5)[:, None]  # [N, 1]
-        static_pos = s["means"] + s["velocity"] * float(t)
-        pos, rot = self.interpolate(t, s["kf_means"], s["kf_quats"])
-        means = torch.where(dyn, pos, static_pos)
-        quats = torch.where(dyn, rot, F.normalize(s["quats"], dim=-1))
+        means, quats = self.motion(t)
         return GaussianSet(means, quats, s["scales"], s["opacities"], torch.cat((s["sh0"], s["shN"]), dim=1),
                            self.sh_degree)
 

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from ..gaussians import GaussianSet, init_splats
 from .base import ParamGroup, SceneInit
 from .base import CanonicalConfig, splat_param_groups
+from . import _motion_cpu
 
 __all__ = ["SpacetimeConfig", "SpacetimeGaussians", "temporal_opacity_logits", "recenter_polynomial"]
 
@@ -179,14 +180,28 @@ class SpacetimeGaussians(nn.Module):
         self.max_sh_degree = c.gaussians.sh_degree
         self.sh_degree = 0
 
-    def gaussians_at(self, t: float) -> GaussianSet:
+    def motion(self, t: float, backend: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+        """Means ``[N, 3]``, rotations ``[N, 4]`` (unnormalised) and opacity logits ``[N]`` at ``t``.
+
+        ``backend``: ``"torch"`` the reference (element-wise ops), ``"cpu"`` the fused native op
+        (:mod:`moegs.experts._motion_cpu`), ``"auto"`` the native one where it applies.
+        """
+        if backend not in ("auto", "cpu", "torch"):
+            raise ValueError(f"unknown motion backend {backend!r}; choose from auto, cpu, torch")
         s = self.splats
+        if backend == "cpu" or (backend == "auto" and _motion_cpu.applies(s["means"])):
+            return _motion_cpu.spacetime_motion_cpu(s["means"], s["motion"], s["quats"], s["omega"], s["opacities"],
+                                                    s["t_center"], s["t_scale"], float(t))
         tau = float(t) - s["t_center"]  # [N]
         tp = tau.detach()[:, None]  # [N, 1]
         m = s["motion"]
         means = s["means"] + m[:, 0:3] * tp + m[:, 3:6] * tp**2 + m[:, 6:9] * tp**3
         quats = s["quats"] + s["omega"] * tp
-        opacity = temporal_opacity_logits(s["opacities"], tau, s["t_scale"])
+        return means, quats, temporal_opacity_logits(s["opacities"], tau, s["t_scale"])
+
+    def gaussians_at(self, t: float) -> GaussianSet:
+        s = self.splats
+        means, quats, opacity = self.motion(t)
         return GaussianSet(means, quats, s["scales"], opacity, torch.cat((s["sh0"], s["shN"]), dim=1),
                            self.sh_degree)
 

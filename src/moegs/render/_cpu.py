@@ -21,6 +21,7 @@ import hashlib
 import platform
 import sys
 import threading
+import warnings
 from pathlib import Path
 from types import ModuleType
 
@@ -119,11 +120,12 @@ class NativeExtension:
 
 NATIVE = NativeExtension(
     "native_cpu",
-    ("ext.cpp", "composite_cpu.cpp", "project_cpu.cpp", "bin_cpu.cpp", "hexplane_cpu.cpp", "ssim_cpu.cpp"),
-    ("composite.h", "project.h", "hexplane.h", "ssim.h"),
+    ("ext.cpp", "composite_cpu.cpp", "project_cpu.cpp", "bin_cpu.cpp", "hexplane_cpu.cpp", "motion_cpu.cpp",
+     "ssim_cpu.cpp"),
+    ("composite.h", "project.h", "hexplane.h", "motion.h", "ssim.h"),
     "native CPU ops",
 )
-"""Every native op family, one submodule each (``composite``, ``project``, ``hexplane``, ``ssim``)."""
+"""Every native op family, one submodule each (``composite``, ``project``, ``hexplane``, ``motion``, ``ssim``)."""
 
 
 class NativeOps:
@@ -137,6 +139,7 @@ class NativeOps:
 
     def __init__(self, extension: NativeExtension, submodule: str, what: str) -> None:
         self.extension, self.submodule, self.what = extension, submodule, what
+        self._warned = False
 
     def available(self) -> bool:
         """Whether the family's ops can be used (builds the extension on the first call)."""
@@ -145,6 +148,15 @@ class NativeOps:
     def error(self) -> str | None:
         """Why the family's ops are unavailable, or ``None`` if the extension built."""
         return self.extension.error()
+
+    def usable(self, instead: str) -> bool:
+        """Whether the family's ops can be used; when they cannot, warns once that ``instead`` runs in their place."""
+        if self.available():
+            return True
+        if not self._warned:
+            warnings.warn(f"moegs: the compiled {self.what} is unavailable ({self.error()}); {instead}")
+            self._warned = True
+        return False
 
     def require(self) -> ModuleType:
         """The family's compiled submodule; ``RuntimeError`` with the build error when it cannot be built."""

@@ -29,6 +29,7 @@ _PROJECT = NativeOps(NATIVE, "project", "CPU projection")
 
 available = _PROJECT.available
 build_error = _PROJECT.error
+usable = _PROJECT.usable
 _require = _PROJECT.require
 
 

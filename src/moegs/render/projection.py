@@ -8,7 +8,6 @@ hand-written backward (``_project_cpu.py``). Binning is shared by both.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +24,6 @@ __all__ = [
 
 TILE_SIZE = 16
 BLUR = 0.3  # low-pass filter added to the 2D covariance (3DGS)
-_FALLBACK_WARNED: list[bool] = []  # the missing-extension warning is given once per process
 
 
 def quat_to_rotmat(quats: Tensor) -> Tensor:
@@ -169,11 +167,7 @@ def project_and_color(
     if backend == "cpu":
         from . import _project_cpu
 
-        if not _project_cpu.available():
-            if not _FALLBACK_WARNED:
-                warnings.warn(f"moegs: the compiled CPU projection is unavailable ({_project_cpu.build_error()}); "
-                              "projecting with the torch reference")
-                _FALLBACK_WARNED.append(True)
+        if not _project_cpu.usable("projecting with the torch reference"):
             backend = "torch"
     if backend == "torch":
         return project_gaussians(means, quats, log_scales, camera), eval_colors(means, colors, camera, sh_degree)

@@ -7,6 +7,7 @@
 
 #include "composite.h"
 #include "hexplane.h"
+#include "motion.h"
 #include "project.h"
 #include "ssim.h"
 
@@ -24,6 +25,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   auto hexplane = m.def_submodule("hexplane", "Fused HexPlane sampler (CPU)");
   hexplane.def("forward", &HexPlaneForward, "Product of bilinear plane samples, forward (CPU)");
   hexplane.def("backward", &HexPlaneBackward, "Product of bilinear plane samples, backward (CPU)");
+
+  auto motion = m.def_submodule("motion", "Fused per-Gaussian motion of the keyframe and spacetime experts (CPU)");
+  motion.def("keyframe_forward", &KeyframeMotionForward, "Keyframe (Ex4DGS) motion at one time, forward (CPU)");
+  motion.def("keyframe_backward", &KeyframeMotionBackward, "Keyframe (Ex4DGS) motion at one time, backward (CPU)");
+  motion.def("spacetime_forward", &SpacetimeMotionForward, "Spacetime (STG) motion at one time, forward (CPU)");
+  motion.def("spacetime_backward", &SpacetimeMotionBackward, "Spacetime (STG) motion at one time, backward (CPU)");
 
   auto ssim = m.def_submodule("ssim", "Fused SSIM (CPU)");
   ssim.def("forward", &SsimForward, "Fused SSIM, forward (CPU)");
