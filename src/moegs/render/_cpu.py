@@ -1,6 +1,6 @@
 """The ``cpu`` backend: compiled C++/OpenMP tile compositing with a hand-written backward.
 
-Every native op family (compositing, projection and binning, HexPlane sampling, SSIM) is
+Every native op family (compositing, projection and binning, HexPlane sampling, expert motion, SSIM) is
 one submodule of a single extension (``csrc/``), compiled on first use with
 ``torch.utils.cpp_extension.load`` and cached under ``$MOEGS_CACHE_DIR`` (default
 ``~/.cache/moegs``), in a folder keyed by a hash of the sources, the compiler
