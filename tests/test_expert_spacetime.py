@@ -12,6 +12,7 @@ from conftest import data_path, random_init, small_camera as camera
 
 from moegs.data import DataConfig, load_scene
 from moegs.experts import CanonicalConfig, SceneInit
+from moegs.gaussians import init_splats
 from moegs.experts.spacetime import SpacetimeConfig, SpacetimeGaussians, recenter_polynomial
 from moegs.train import ops
 from moegs.train.config import TrainConfig
@@ -42,6 +43,10 @@ def test_registered_and_initial_points_replicated_across_time():
     # each copy holds the same points (all 100 fit), at its own time
     assert torch.equal(s["means"][:100], s["means"][100:200])
     assert torch.allclose(torch.exp(s["t_scale"]), torch.full((400,), 0.25))
+    # A point's copies are not its neighbours: every copy starts at the spacing of the cloud itself, as a
+    # static 3DGS of the same points (the copies at distance 0 once started sub-pixel and never rendered).
+    static = init_splats(small_init(100).points, small_init(100).colors)
+    assert torch.allclose(s["scales"].detach(), static["scales"].detach().repeat(4, 1))
 
 
 def test_motion_rotation_and_opacity_by_hand():

@@ -110,11 +110,11 @@ def knn_mean_distance(points: Tensor, k: int = 3) -> Tensor:
 
 def init_splats(points: Tensor, colors: Tensor, *, sh_degree: int = 3, init_opacity: float = 0.1,
                 init_scale: float = 1.0, max_points: int | None = None, generator: torch.Generator | None = None,
-                ) -> nn.ParameterDict:
+                spacing: Tensor | None = None) -> nn.ParameterDict:
     """Gaussians at ``points`` (``[M, 3]``) with colours ``colors`` (``[M, 3]`` in ``[0, 1]``), as 3DGS initialises them.
 
-    Scales are isotropic, the mean distance to the 3 nearest neighbours times
-    ``init_scale``; rotations identity; opacity ``init_opacity``; higher SH bands zero.
+    Scales are isotropic, ``spacing`` (``[M]``; default: each point's mean distance to its 3 nearest
+    neighbours) times ``init_scale``; rotations identity; opacity ``init_opacity``; higher SH bands zero.
 
     Returns:
         ParameterDict with ``means [N,3]``, ``quats [N,4]``, ``scales [N,3]`` (log), ``opacities [N]``
@@ -126,9 +126,10 @@ def init_splats(points: Tensor, colors: Tensor, *, sh_degree: int = 3, init_opac
         idx = torch.randperm(points.shape[0], generator=generator)[:max_points]  # cpu: seeded CPU generator
         idx = idx.to(points.device)
         points, colors = points[idx], colors[idx]
+        spacing = None if spacing is None else spacing[idx]
     points, colors = points.float(), colors.float()
     N = points.shape[0]
-    dist = knn_mean_distance(points).clamp_min(1e-7)
+    dist = (knn_mean_distance(points) if spacing is None else spacing.float()).clamp_min(1e-7)
     K = num_sh_bases(sh_degree)
     quats = points.new_zeros(N, 4)
     quats[:, 0] = 1.0

@@ -72,7 +72,11 @@ DEFAULT_DOWNSCALE = 1.0
 MAX_RANDOM_POINTS = 1_000_000
 # Random candidates drawn per kept point when sampling the frusta overlap.
 _CANDIDATES_PER_POINT = 8
-NEAR, FAR = 0.01, 100.0
+# Near plane: Dynamic3DGS's cameras say 0.01, but the rasterizer it trains and renders with
+# (diff-gaussian-rasterization) culls every Gaussian nearer than 0.2 to the camera. That cut matters on
+# this rig: the cameras sit on the dome's wall, so the reconstructed wall is within a few tenths of each
+# camera, and without the cut a held-out camera looks through that wall's Gaussians.
+NEAR, FAR = 0.2, 100.0
 _KEYS = ("w", "h", "k", "w2c", "fn", "cam_id")
 # Tolerance on R^T R = I for the rotation part of a w2c matrix.
 _ORTHONORMAL_TOL = 1e-3

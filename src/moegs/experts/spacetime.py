@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..gaussians import GaussianSet, init_splats
+from ..gaussians import GaussianSet, init_splats, knn_mean_distance
 from .base import ParamGroup, SceneInit
 from .base import CanonicalConfig, splat_param_groups
 from . import _motion_cpu
@@ -158,16 +158,22 @@ class SpacetimeGaussians(nn.Module):
         copies = max(1, c.init_time_copies)
         points, colors = init.points.float(), init.colors.float()
         per_copy = max(1, c.gaussians.max_init_points // copies)
-        pts, cols, centers = [], [], []
+        picks, centers = [], []
         qs = (torch.arange(copies, dtype=torch.float32, device=times.device) + 0.5) / copies
         for center in torch.quantile(times, qs).tolist():
             m = points.shape[0]
             idx = (torch.randperm(m, device=points.device)[:per_copy] if m > per_copy
                    else torch.arange(m, device=points.device))
-            pts.append(points[idx])
-            cols.append(colors[idx])
+            picks.append(idx)
             centers.append(points.new_full((len(idx),), center))
-        self.splats = init_splats(torch.cat(pts), torch.cat(cols), sh_degree=c.gaussians.sh_degree, init_opacity=c.gaussians.init_opacity)
+        idx = torch.cat(picks)
+        # Initial scales from the spacing of the distinct points picked: a point in several copies (every
+        # point, when the cloud is smaller than a copy) must not count its own copies as neighbours at
+        # distance 0, which would start it sub-pixel and invisible.
+        used, where = torch.unique(idx, return_inverse=True)
+        spacing = knn_mean_distance(points[used])[where]
+        self.splats = init_splats(points[idx], colors[idx], sh_degree=c.gaussians.sh_degree,
+                                  init_opacity=c.gaussians.init_opacity, spacing=spacing)
         n = self.splats["means"].shape[0]
         scale = c.init_time_scale if c.init_time_scale is not None else 1.0 / copies
         self.splats["motion"] = nn.Parameter(self.splats["means"].new_zeros(n, 9))
