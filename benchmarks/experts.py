@@ -35,8 +35,7 @@ COLUMNS = ("expert", "PSNR", "SSIM", "LPIPS", "FPS", "#Gauss", "MB", "train s")
 def run_one(scene, name: str, args: argparse.Namespace, out: Path) -> dict:
     """Train ``name`` on ``scene`` with the shared budget; returns its row."""
     cfg = TrainConfig(expert=name, steps=args.steps, backend=args.backend, seed=args.seed,
-                      checkpoint_every=10**9, log_every=max(1, args.steps // 20))
-    cfg.data.downscale = args.downscale
+                      checkpoint_every=10**9, log_every=max(1, args.steps // 20), data=scene_data(args))
     # ``experts.<name>.<field>=v`` sets a field of that expert (as ``moegs pipeline`` does); the rest
     # (``strategy.*``, ``steps``, ...) applies to every expert's run.
     overrides = []
@@ -55,6 +54,13 @@ def run_one(scene, name: str, args: argparse.Namespace, out: Path) -> dict:
             "lpips_note": s.get("test_lpips_note"), "fps": s["test_render_fps"],
             "num_gaussians": s["test_num_gaussians"], "size_mb": s["test_size_mb"], "train_s": s["train_time_s"],
             "config": to_dict(cfg.expert)}
+
+
+def scene_data(args) -> DataConfig:
+    """How the scene is read: ``--downscale``, ``--points`` and the ``data.*`` overrides of ``--set``."""
+    cfg = TrainConfig(data=DataConfig(downscale=args.downscale, points=args.points))
+    apply_overrides(cfg, [item for item in args.set if item.startswith("data.")])
+    return cfg.data
 
 
 def format_table(rows: list[dict], header: str) -> str:
@@ -88,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in EXPERTS]
     if unknown:
         p.error(f"unknown expert(s) {', '.join(unknown)}; choose from {', '.join(EXPERTS)}")
-    scene = load_scene(args.scene, DataConfig(downscale=args.downscale, points=args.points))
+    scene = load_scene(args.scene, scene_data(args))
     w, h = scene.resolution()
     with tempfile.TemporaryDirectory(prefix="moegs-bench-") as tmp:
         out = Path(args.out) if args.out else Path(tmp)
