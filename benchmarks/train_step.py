@@ -7,7 +7,10 @@ colour, compositing forward (binning, compositing), loss (L1 + D-SSIM, regularis
 statistics) and optimizer. Beside it, the compositing forward + backward of the same frame
 alone, and the ratio step / compositing (what a step costs beyond the kernel that renders).
 A second table times the pure-PyTorch reference projection + colour against the fused native
-op on the same Gaussians (forward, and forward + backward). Medians over ``--repeats`` steps.
+op on the same Gaussians (forward, and forward + backward). Medians over ``--repeats`` steps. A
+third gives the cost of one OpenMP region under the wait policy in effect (``OMP_WAIT_POLICY``,
+passive unless set): a 2.5 MB tensor copy on torch's threads and on one thread, the price every
+torch op over more than 32k values pays when the other threads sleep between regions.
 
     python benchmarks/train_step.py [SCENE] [--experts static,spacetime] [--train-steps 100] [--at-step 3001]
         [--repeats 10] [--checkpoint EXPERT=PATH ...] [--downscale F] [--threads N]
@@ -120,6 +123,28 @@ def projection_compare(expert, camera, repeats: int) -> dict[str, float]:
     return res
 
 
+def region_cost(repeats: int = 200) -> dict[int, float]:
+    """Median us of copying a ``[10000, 64]`` float32 tensor (2.5 MB), on torch's thread count and on one."""
+    a = torch.randn(10000, 64)
+    b = torch.empty_like(a)
+    threads = torch.get_num_threads()
+    res = {}
+    for n in dict.fromkeys((threads, 1)):
+        torch.set_num_threads(n)
+        try:
+            for _ in range(20):
+                b.copy_(a)
+            times = []
+            for _ in range(repeats):
+                t0 = clock()
+                b.copy_(a)
+                times.append((clock() - t0) * 1e3)
+            res[n] = statistics.median(times)
+        finally:
+            torch.set_num_threads(threads)
+    return res
+
+
 def bench_expert(name: str, scene, args) -> tuple[dict, dict]:
     # The default run length: learning rates at --at-step are those of a real run at that step.
     cfg = TrainConfig(expert=name, backend="cpu", seed=0, checkpoint_every=10**9, eval_at_end=False)
@@ -199,6 +224,11 @@ def main() -> None:
         print(f"| {c['expert']} | {c['torch fwd']:.2f} | {c['cpu fwd']:.2f} | {c['torch fwd'] / c['cpu fwd']:.1f}x "
               f"| {c['torch fwd+bwd']:.2f} | {c['cpu fwd+bwd']:.2f} | "
               f"{c['torch fwd+bwd'] / c['cpu fwd+bwd']:.1f}x |")
+    cost = region_cost()
+    print(f"\nOne OpenMP region (OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}): a 2.5 MB copy, median us\n")
+    print("| threads | us |\n|---|---|")
+    for n, us in cost.items():
+        print(f"| {n} | {us:.0f} |")
 
 
 if __name__ == "__main__":

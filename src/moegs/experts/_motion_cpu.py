@@ -20,17 +20,23 @@ from torch.autograd.function import once_differentiable
 
 from ..render._cpu import NATIVE, NativeOps
 
-__all__ = ["applies", "keyframe_motion_cpu", "spacetime_motion_cpu"]
+__all__ = ["use_native", "keyframe_motion_cpu", "spacetime_motion_cpu"]
 
 _MOTION = NativeOps(NATIVE, "motion", "CPU expert motion")
 _require = _MOTION.require
 
 
-def applies(x: Tensor) -> bool:
-    """Whether the fused op runs for tensors like ``x`` (float32/float64 on the CPU, extension built);
-    warns once when only the extension is missing."""
-    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
-            and _MOTION.usable("moving the Gaussians with torch ops"))
+def use_native(backend: str, x: Tensor) -> bool:
+    """Whether an expert's ``motion(t, backend)`` runs the fused op for parameters like ``x``.
+
+    ``"cpu"``: always; ``"torch"``: never (the reference); ``"auto"``: for float32/float64 CPU tensors when the
+    extension builds (warning once when it does not). Any other name is a ``ValueError``.
+    """
+    if backend not in ("auto", "cpu", "torch"):
+        raise ValueError(f"unknown motion backend {backend!r}; choose from auto, cpu, torch")
+    return backend == "cpu" or (backend == "auto" and x.device.type == "cpu"
+                                and x.dtype in (torch.float32, torch.float64)
+                                and _MOTION.usable("moving the Gaussians with torch ops"))
 
 
 class _KeyframeMotion(torch.autograd.Function):

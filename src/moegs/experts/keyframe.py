@@ -82,12 +82,11 @@ def hermite_coefficients(window: int, k: int, s: float) -> list[float]:
     linear in the ``window`` keyframes ``P_0 .. P_{window-1}``: this returns the ``window`` weights ``c`` with
     ``hermite(...) = sum_w c[w] P_w``.
     """
-    def tangent(j: int) -> list[float]:
+    def tangent(j: int) -> list[float]:  # catmull_rom_tangent's weights
+        lo, hi = max(j - 1, 0), min(j + 1, window - 1)
         c = [0.0] * window
-        lo, hi, half = (0, 1, 1.0) if j == 0 else ((window - 2, window - 1, 1.0) if j == window - 1
-                                                     else (j - 1, j + 1, 0.5))
-        c[hi] += half
-        c[lo] -= half
+        c[hi] += 1.0 / (hi - lo)
+        c[lo] -= 1.0 / (hi - lo)
         return c
 
     s2, s3 = s * s, s * s * s
@@ -236,10 +235,8 @@ class KeyframeGaussians(nn.Module):
         ``backend``: ``"torch"`` the reference (``interpolate`` and element-wise ops), ``"cpu"`` the fused
         native op (:mod:`moegs.experts._motion_cpu`), ``"auto"`` the native one where it applies.
         """
-        if backend not in ("auto", "cpu", "torch"):
-            raise ValueError(f"unknown motion backend {backend!r}; choose from auto, cpu, torch")
         s = self.splats
-        if backend == "cpu" or (backend == "auto" and _motion_cpu.applies(s["means"])):
+        if _motion_cpu.use_native(backend, s["means"]):
             cols, k, u = self.segment(t)
             return _motion_cpu.keyframe_motion_cpu(s["means"], s["velocity"], s["quats"], s["kf_means"],
                                                    s["kf_quats"], s["dynamic"], float(t), cols,

@@ -192,10 +192,8 @@ class SpacetimeGaussians(nn.Module):
         ``backend``: ``"torch"`` the reference (element-wise ops), ``"cpu"`` the fused native op
         (:mod:`moegs.experts._motion_cpu`), ``"auto"`` the native one where it applies.
         """
-        if backend not in ("auto", "cpu", "torch"):
-            raise ValueError(f"unknown motion backend {backend!r}; choose from auto, cpu, torch")
         s = self.splats
-        if backend == "cpu" or (backend == "auto" and _motion_cpu.applies(s["means"])):
+        if _motion_cpu.use_native(backend, s["means"]):
             return _motion_cpu.spacetime_motion_cpu(s["means"], s["motion"], s["quats"], s["omega"], s["opacities"],
                                                     s["t_center"], s["t_scale"], float(t))
         tau = float(t) - s["t_center"]  # [N]

@@ -17,6 +17,8 @@
 #include <tuple>
 #include <vector>
 
+// Bound to Python; each validates its inputs (devices, dtypes, shapes, columns), then runs on the CPU.
+
 // Ex4DGS keyframe motion at time t.
 //
 // Args:
@@ -33,17 +35,17 @@
 //   means_t [N, 3], quats_t [N, 4]: dynamic rows the spline and slerp(normalize(q0), normalize(q1), s)
 //   (shorter arc; normalised lerp where sin(theta) < 1e-4; |cos theta| clamped to 1 - 1e-7), static
 //   rows means + velocity t and normalize(quats).
-std::tuple<at::Tensor, at::Tensor> KeyframeMotionForwardCpu(
+std::tuple<at::Tensor, at::Tensor> KeyframeMotionForward(
     const at::Tensor& means, const at::Tensor& velocity, const at::Tensor& quats, const at::Tensor& kf_means,
     const at::Tensor& kf_quats, const at::Tensor& dynamic, double t, const std::vector<int64_t>& pos_cols,
     const std::vector<double>& pos_coefs, const std::vector<int64_t>& rot_cols, double s);
 
-// Backward of KeyframeMotionForwardCpu.
+// Backward of KeyframeMotionForward: the forward's arguments, then dL/d means_t [N, 3] and dL/d quats_t [N, 4].
 //
 // Returns:
 //   grad_means [N, 3], grad_velocity [N, 3], grad_quats [N, 4] (zero on dynamic rows),
 //   grad_kf_means [N, K, 3], grad_kf_quats [N, K, 4] (zero on static rows and outside the columns read).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> KeyframeMotionBackwardCpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> KeyframeMotionBackward(
     const at::Tensor& means, const at::Tensor& velocity, const at::Tensor& quats, const at::Tensor& kf_means,
     const at::Tensor& kf_quats, const at::Tensor& dynamic, double t, const std::vector<int64_t>& pos_cols,
     const std::vector<double>& pos_coefs, const std::vector<int64_t>& rot_cols, double s,
@@ -60,36 +62,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> KeyframeM
 //   constant in both: the temporal centre learns through the opacity only), and opacity_t [N], the logit
 //   of sigmoid(opacities) exp(-(tau exp(-t_scale))^2) computed in log space with the log-opacity
 //   clamped to log1p(-1e-6).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> SpacetimeMotionForwardCpu(
-    const at::Tensor& means, const at::Tensor& motion, const at::Tensor& quats, const at::Tensor& omega,
-    const at::Tensor& opacities, const at::Tensor& t_center, const at::Tensor& t_scale, double t);
-
-// Backward of SpacetimeMotionForwardCpu.
-//
-// Returns:
-//   grad_means [N, 3], grad_motion [N, 9], grad_quats [N, 4], grad_omega [N, 4], grad_opacities [N],
-//   grad_t_center [N], grad_t_scale [N].
-std::vector<at::Tensor> SpacetimeMotionBackwardCpu(
-    const at::Tensor& means, const at::Tensor& motion, const at::Tensor& quats, const at::Tensor& omega,
-    const at::Tensor& opacities, const at::Tensor& t_center, const at::Tensor& t_scale, double t,
-    const at::Tensor& grad_means_t, const at::Tensor& grad_quats_t, const at::Tensor& grad_opacity_t);
-
-// Checked entry points bound to Python (validate, then call the *Cpu functions above).
-std::tuple<at::Tensor, at::Tensor> KeyframeMotionForward(
-    const at::Tensor& means, const at::Tensor& velocity, const at::Tensor& quats, const at::Tensor& kf_means,
-    const at::Tensor& kf_quats, const at::Tensor& dynamic, double t, const std::vector<int64_t>& pos_cols,
-    const std::vector<double>& pos_coefs, const std::vector<int64_t>& rot_cols, double s);
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> KeyframeMotionBackward(
-    const at::Tensor& means, const at::Tensor& velocity, const at::Tensor& quats, const at::Tensor& kf_means,
-    const at::Tensor& kf_quats, const at::Tensor& dynamic, double t, const std::vector<int64_t>& pos_cols,
-    const std::vector<double>& pos_coefs, const std::vector<int64_t>& rot_cols, double s,
-    const at::Tensor& grad_means_t, const at::Tensor& grad_quats_t);
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> SpacetimeMotionForward(
     const at::Tensor& means, const at::Tensor& motion, const at::Tensor& quats, const at::Tensor& omega,
     const at::Tensor& opacities, const at::Tensor& t_center, const at::Tensor& t_scale, double t);
 
+// Backward of SpacetimeMotionForward: the forward's arguments, then dL/d means_t, quats_t and opacity_t.
+//
+// Returns:
+//   grad_means [N, 3], grad_motion [N, 9], grad_quats [N, 4], grad_omega [N, 4], grad_opacities [N],
+//   grad_t_center [N], grad_t_scale [N].
 std::vector<at::Tensor> SpacetimeMotionBackward(
     const at::Tensor& means, const at::Tensor& motion, const at::Tensor& quats, const at::Tensor& omega,
     const at::Tensor& opacities, const at::Tensor& t_center, const at::Tensor& t_scale, double t,

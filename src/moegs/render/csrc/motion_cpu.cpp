@@ -292,8 +292,6 @@ void CheckSpacetime(const at::Tensor& means, const at::Tensor& motion, const at:
   CheckRows(t_scale, "t_scale", dt, N, {});
 }
 
-}  // namespace
-
 std::tuple<at::Tensor, at::Tensor> KeyframeMotionForwardCpu(
     const at::Tensor& means, const at::Tensor& velocity, const at::Tensor& quats, const at::Tensor& kf_means,
     const at::Tensor& kf_quats, const at::Tensor& dynamic, double t, const std::vector<int64_t>& pos_cols,
@@ -363,6 +361,8 @@ std::vector<at::Tensor> SpacetimeMotionBackwardCpu(
   });
   return g;
 }
+
+}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> KeyframeMotionForward(
     const at::Tensor& means, const at::Tensor& velocity, const at::Tensor& quats, const at::Tensor& kf_means,
