@@ -110,6 +110,26 @@ def test_oracle_matches_brute_force():
         oracle_image(colors, target[:4])
 
 
+def test_block_oracle_matches_brute_force():
+    g = torch.Generator().manual_seed(3)
+    colors = torch.rand(3, 7, 10, 3, generator=g) * 1.2 - 0.1
+    target = torch.rand(7, 10, 3, generator=g)
+    assert torch.equal(oracle_image(colors, target, 1), oracle_image(colors, target))
+    c = colors.clamp(0, 1)
+    for b in (2, 3, 4, 16):
+        got = oracle_image(colors, target, b)
+        for i0 in range(0, 7, b):
+            for j0 in range(0, 10, b):  # edge tiles are smaller than b x b
+                tile = (slice(i0, i0 + b), slice(j0, j0 + b))
+                errs = [float(((c[k][tile] - target[tile]) ** 2).sum()) for k in range(3)]
+                assert torch.equal(got[tile], c[min(range(3), key=errs.__getitem__)][tile])
+    # one tile over the whole image: the best expert of that image
+    whole = oracle_image(colors, target, 16)
+    assert any(torch.equal(whole, c[k]) for k in range(3))
+    with pytest.raises(ValueError):
+        oracle_image(colors, target, 0)
+
+
 def test_oracle_headroom_on_complementary_experts(scene):
     # Expert 0 is wrong on the left half, expert 1 on the right: the oracle is far above both.
     mixture, *_ = make_mixture(scene, "uniform")
@@ -123,6 +143,11 @@ def test_oracle_headroom_on_complementary_experts(scene):
     assert res["oracle_psnr"] > max(res["expert_psnr"]) + 5
     best = max(res["expert_psnr"])
     assert res["realised"] == pytest.approx((res["mixture_psnr"] - best) / (res["oracle_psnr"] - best))
+    # coarser oracles lie between the best expert and the per-pixel oracle, the halves still told apart
+    blocks = res["block_oracle_psnr"]
+    assert set(blocks) == {4, 16}
+    assert best - 1e-6 <= blocks[16] <= blocks[4] + 1e-6 <= res["oracle_psnr"] + 2e-6
+    assert blocks[4] > best + 5
 
 
 def test_masked_distillation_loss_is_its_formula():

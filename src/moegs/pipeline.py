@@ -18,6 +18,7 @@ from . import io
 from .data import DataConfig, Scene, load_scene
 from .experts import ExpertConfig, expert_config
 from .moe import MoEConfig, load_mixture, oracle_headroom, train_mixture
+from .moe.evaluate import ORACLE_BLOCKS
 from .moe.build import spaced_views
 from .moe.efficiency import efficiency_table, format_efficiency_table
 from .moe.viz import render_weight_video, save_weight_figure, usage_histogram
@@ -138,12 +139,16 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
     head = {split: oracle_headroom(mixture, scene, views) for split, views in
             (("test", scene.test_views), ("train", spaced_views(scene.train_views, len(scene.test_views))))}
     lines += ["", f"Mixture vs best single expert ({best}): {gain:+.2f} dB test PSNR.", "",
-              "Per-pixel oracle (at each pixel the expert closest to the ground truth) and the share of its "
-              "headroom over the best expert the router realises:", "",
-              "| views | mixture PSNR | best expert PSNR | oracle PSNR | headroom realised |", "|---|---|---|---|---|"]
+              "Per-pixel oracle (at each pixel the expert closest to the ground truth), the share of its "
+              "headroom over the best expert the router realises, and the oracles choosing one expert per "
+              "tile of b x b pixels (what a router whose choice varies no faster than the tiles could reach):", "",
+              "| views | mixture PSNR | best expert PSNR | oracle PSNR | headroom realised | "
+              + " | ".join(f"oracle {b}x{b}" for b in ORACLE_BLOCKS) + " |",
+              "|---|---|---|---|---|" + "---|" * len(ORACLE_BLOCKS)]
     for split, h in head.items():
         lines.append(f"| {split} ({len(scene.test_views)}) | {h['mixture_psnr']:.2f} | {max(h['expert_psnr']):.2f} | "
-                     f"{h['oracle_psnr']:.2f} | {100 * h['realised']:.0f} % |")
+                     f"{h['oracle_psnr']:.2f} | {100 * h['realised']:.0f} % | "
+                     + " | ".join(f"{h['block_oracle_psnr'][b]:.2f}" for b in ORACLE_BLOCKS) + " |")
     lines += ["",
               "Mean per-pixel weight of each expert on the test views: "
               + ", ".join(f"{n} {u:.2f}" for n, u in zip(mixture.names, usage["usage"])), "",

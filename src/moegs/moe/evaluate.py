@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..data import Scene, View
@@ -14,36 +15,53 @@ from ..eval import evaluate_renderer
 from ..eval.metrics import psnr
 from .mixture import Mixture
 
-__all__ = ["evaluate_mixture", "oracle_image", "oracle_headroom"]
+__all__ = ["evaluate_mixture", "oracle_image", "oracle_headroom", "ORACLE_BLOCKS"]
+
+# Tile sizes (pixels) of the coarser oracles reported beside the per-pixel one.
+ORACLE_BLOCKS = (4, 16)
 
 
-def oracle_image(expert_colors: Tensor, target: Tensor) -> Tensor:
-    """The per-pixel oracle: at every pixel the expert closest to ``target``.
+def oracle_image(expert_colors: Tensor, target: Tensor, block: int = 1) -> Tensor:
+    """The oracle: in every ``block`` x ``block`` tile of pixels the expert closest to ``target``.
+
+    ``block=1`` is the per-pixel oracle. Larger blocks bound what a router can reach whose choice
+    varies over the image no faster than the blocks, which a per-pixel oracle overstates: where
+    experts are equally good, picking the luckiest one per pixel removes noise no router can predict.
 
     Args:
         expert_colors: ``[K, H, W, 3]`` each expert's render (compared clamped to ``[0, 1]``).
         target: ``[H, W, 3]`` the ground truth.
+        block: tile size in pixels (tiles at the right and bottom edges may be smaller).
 
     Returns:
-        ``[H, W, 3]``: each pixel taken from the expert with the smallest squared error there.
+        ``[H, W, 3]``: each tile taken from the expert with the smallest squared error over it.
     """
     if expert_colors.ndim != 4 or expert_colors.shape[1:] != target.shape:
         raise ValueError(f"expert colours {tuple(expert_colors.shape)} do not match the target {tuple(target.shape)}")
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
     c = expert_colors.clamp(0, 1)
-    best = ((c - target) ** 2).sum(-1).argmin(0)  # [H, W]
+    H, W = target.shape[:2]
+    err = ((c - target) ** 2).sum(-1)  # [K, H, W]
+    if block > 1:
+        # per-tile mean errors (ceil_mode keeps the partial edge tiles, averaged over the pixels inside)
+        err = F.avg_pool2d(err[None], block, stride=block, ceil_mode=True)[0]
+        err = err.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :H, :W]
+    best = err.argmin(0)  # [H, W]
     return torch.gather(c, 0, best[None, ..., None].expand(1, *target.shape))[0]
 
 
 @torch.no_grad()
-def oracle_headroom(mixture: Mixture, scene: Scene, views: list[View]) -> dict:
-    """The mixture, each expert and the per-pixel oracle (:func:`oracle_image`) on ``views``.
+def oracle_headroom(mixture: Mixture, scene: Scene, views: list[View], blocks: tuple[int, ...] = ORACLE_BLOCKS) -> dict:
+    """The mixture, each expert and the oracles (:func:`oracle_image`, per pixel and per tile) on ``views``.
 
     PSNRs are means over the views of each view's PSNR (as :func:`~moegs.eval.evaluate_renderer`).
 
     Returns:
         ``mixture_psnr``, ``expert_psnr`` ``[K]``, ``best_expert`` (index of the highest mean),
-        ``oracle_psnr``, ``gain_db`` (mixture - best expert) and ``realised``: the fraction of the
-        oracle's headroom the mixture reaches, ``gain_db / (oracle_psnr - best expert)``.
+        ``oracle_psnr`` (per pixel), ``gain_db`` (mixture - best expert), ``realised``: the fraction of the
+        per-pixel oracle's headroom the mixture reaches, ``gain_db / (oracle_psnr - best expert)``, and
+        ``block_oracle_psnr``: ``{b: PSNR}`` of the oracle choosing per ``b`` x ``b`` tile for each of ``blocks``.
     """
     rows = []
     was_training = mixture.training
@@ -53,16 +71,18 @@ def oracle_headroom(mixture: Mixture, scene: Scene, views: list[View]) -> dict:
             out = mixture.render(v)
             gt = scene.image(v).to(out.color.device)
             rows.append([psnr(out.color, gt), psnr(oracle_image(out.expert_colors, gt), gt)]
+                        + [psnr(oracle_image(out.expert_colors, gt, b), gt) for b in blocks]
                         + [psnr(c, gt) for c in out.expert_colors])
     finally:
         mixture.train(was_training)
     m = np.mean(np.array(rows, dtype=np.float64), axis=0)
-    experts = [float(x) for x in m[2:]]
+    experts = [float(x) for x in m[2 + len(blocks):]]
     best = int(np.argmax(experts))
     gain = float(m[0]) - experts[best]
     room = float(m[1]) - experts[best]
     return {"mixture_psnr": float(m[0]), "expert_psnr": experts, "best_expert": best, "oracle_psnr": float(m[1]),
-            "gain_db": gain, "realised": gain / room if room > 1e-9 else float("nan")}
+            "gain_db": gain, "realised": gain / room if room > 1e-9 else float("nan"),
+            "block_oracle_psnr": {b: float(x) for b, x in zip(blocks, m[2:2 + len(blocks)])}}
 
 
 @torch.no_grad()
