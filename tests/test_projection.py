@@ -181,6 +181,9 @@ def test_native_binning_equals_the_reference(n, width, height, dtype):
     depths = proj.depths.clone()
     if n >= 10:
         depths[5:10] = depths[0]  # equal depths: the order between them is the index order
+    if n >= 40:  # the order of the values, whatever their signs: negative, -0 and +0 (equal), large
+        depths[10:20] = -depths[10:20]
+        depths[20], depths[21], depths[22], depths[23] = -0.0, 0.0, -0.0, 1e30
     ref = bin_gaussians(proj.means2d, proj.radii, depths, width, height, backend="torch")
     nat = bin_gaussians(proj.means2d, proj.radii, depths, width, height, backend="cpu")
     assert (nat.tiles_x, nat.tiles_y) == (ref.tiles_x, ref.tiles_y)
@@ -188,3 +191,24 @@ def test_native_binning_equals_the_reference(n, width, height, dtype):
         assert torch.equal(getattr(nat, f), getattr(ref, f)), f
     if n:
         assert 0 < int((proj.radii > 0).sum()) < n  # some culled, some binned
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_binning_depth_order_on_signs_ties_and_zeros(dtype):
+    """Every Gaussian on one tile: the list is the stable depth order of torch.argsort, whatever the
+    signs, with -0 equal to +0 and ties (many of them) in index order."""
+    from moegs.render.projection import bin_gaussians
+
+    g = torch.Generator().manual_seed(4)
+    n = 3000
+    depths = torch.randn(n, generator=g, dtype=dtype) * 10.0 ** torch.randint(-3, 4, (n,), generator=g)
+    depths[::7] = depths[3]  # ties
+    depths[1::11], depths[2::13] = -0.0, 0.0
+    radii = torch.ones(n, dtype=dtype)
+    radii[5::17] = 0  # culled
+    means2d = torch.full((n, 2), 4.0, dtype=dtype)
+    ref = bin_gaussians(means2d, radii, depths, 8, 8, backend="torch")
+    nat = bin_gaussians(means2d, radii, depths, 8, 8, backend="cpu")
+    assert torch.equal(nat.flatten_ids, ref.flatten_ids) and torch.equal(nat.offsets, ref.offsets)
+    vis = torch.nonzero(radii > 0).squeeze(1)
+    assert torch.equal(nat.flatten_ids, vis[torch.argsort(depths[vis], stable=True)])

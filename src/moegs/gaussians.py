@@ -68,6 +68,8 @@ def concat_sets(sets: list[GaussianSet]) -> GaussianSet:
 
     def as_sh(s: GaussianSet) -> Tensor:
         c = s.colors[:, : num_sh_bases(s.sh_degree)] if s.colors.dim() == 3 else rgb_to_sh0(s.colors)[:, None]
+        if c.shape[1] == k:  # no padding: the outer cat is the only copy
+            return c
         return torch.cat((c, c.new_zeros(c.shape[0], k - c.shape[1], 3)), dim=1)
 
     return GaussianSet(

@@ -99,10 +99,10 @@ def project_and_color_cpu(
     return means2d, conics, depths, radii, (rgb if sh else colors)
 
 
-def bin_cpu(means2d: Tensor, radii: Tensor, order: Tensor, width: int, height: int,
+def bin_cpu(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int,
             tile_size: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``projection.bin_gaussians``'s lists from the visible Gaussians ``order`` ``[V]`` (front to back):
-    ``offsets`` ``[T + 1]``, ``flatten_ids`` ``[M]``, ``tile_ids`` ``[M]`` (int64), equal to the reference."""
+    """``projection.bin_gaussians``'s lists (visible Gaussians, front to back by ``depths`` ``[N]``, ties in
+    index order): ``offsets`` ``[T + 1]``, ``flatten_ids`` ``[M]``, ``tile_ids`` ``[M]`` (int64), equal to the reference."""
     m = means2d.detach().contiguous()
-    return _require().bin(m, radii.detach().to(m.dtype).contiguous(), order.contiguous(), int(width), int(height),
-                          int(tile_size))
+    return _require().bin(m, radii.detach().to(m.dtype).contiguous(), depths.detach().to(m.dtype).contiguous(),
+                          int(width), int(height), int(tile_size))

@@ -209,14 +209,14 @@ def bin_gaussians(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, he
     """
     dev = means2d.device
     tx, ty = (width + tile_size - 1) // tile_size, (height + tile_size - 1) // tile_size
-    vis = torch.nonzero(radii > 0).squeeze(1)
-    vis = vis[torch.argsort(depths[vis], stable=True)]  # front to back
     if backend == "cpu" or (backend == "auto" and dev.type == "cpu" and means2d.dtype in (torch.float32, torch.float64)):
         from . import _project_cpu
 
         if backend == "cpu" or _project_cpu.available():
-            offsets, ids, tile = _project_cpu.bin_cpu(means2d, radii, vis, width, height, tile_size)
+            offsets, ids, tile = _project_cpu.bin_cpu(means2d, radii, depths, width, height, tile_size)
             return TileBins(tiles_x=tx, tiles_y=ty, offsets=offsets, flatten_ids=ids, tile_ids=tile)
+    vis = torch.nonzero(radii > 0).squeeze(1)
+    vis = vis[torch.argsort(depths[vis], stable=True)]  # front to back
     m, r = means2d[vis].detach(), radii[vis].to(means2d.dtype)
     x0 = ((m[:, 0] - r) / tile_size).floor().clamp(0, tx).long()
     x1 = ((m[:, 0] + r) / tile_size).ceil().clamp(0, tx).long()

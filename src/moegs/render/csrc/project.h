@@ -82,10 +82,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackward(
     const at::Tensor& grad_means2d, const at::Tensor& grad_conics, const at::Tensor& grad_depths,
     const at::Tensor& grad_rgb);
 
-// Tile binning (bin_cpu.cpp): the Gaussians `order` [V] int64 (visible ones, front to back) are put
-// in the tiles of tile_size pixels their square of half-side radii (means2d's dtype, [N]) overlaps.
+// Tile binning (bin_cpu.cpp): the visible Gaussians (radii > 0), front to back by depths (stable:
+// ties in index order; radii and depths [N] of means2d's dtype), are put in the tiles of tile_size
+// pixels their square of half-side radii overlaps.
 // Returns offsets [tiles_y * tiles_x + 1] int64, flatten_ids [M] int64 (grouped by tile, front to
 // back within a tile) and tile_ids [M] int64: exactly projection.bin_gaussians's lists.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> BinGaussiansCpu(const at::Tensor& means2d, const at::Tensor& radii,
-                                                               const at::Tensor& order, int64_t width, int64_t height,
+                                                               const at::Tensor& depths, int64_t width, int64_t height,
                                                                int64_t tile_size);
