@@ -64,12 +64,20 @@ def spacetime_model(n: int = 300, *, dtype=torch.float64, seed: int = 1) -> Spac
     return model
 
 
-def run(model, t: float, backend: str, seed: int = 2):
-    """Outputs, and the gradients of a random linear loss w.r.t. every parameter (zeros where none)."""
+def run(model, t: float, backend: str, seed: int = 2, sparse: bool = False):
+    """Outputs, and the gradients of a random linear loss w.r.t. every parameter (zeros where none).
+    ``sparse``: the loss reaches a third of the Gaussians through every output, a third through one
+    output only and the rest not at all (as the compositing leaves hidden or transparent ones)."""
     model.zero_grad(set_to_none=True)
     out = model.motion(t, backend=backend)
     g = torch.Generator().manual_seed(seed)
-    sum((o * torch.randn(o.shape, generator=g, dtype=o.dtype)).sum() for o in out).backward()
+    weights = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in out]
+    if sparse:
+        kind = torch.arange(out[0].shape[0]) % 3
+        for j, w in enumerate(weights):
+            w[kind == 2] = 0
+            w[(kind == 1) & (torch.arange(len(w)) % len(weights) != j)] = 0
+    sum((o * w).sum() for o, w in zip(out, weights)).backward()
     grads = {k: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for k, p in model.splats.items()
              if p.requires_grad}
     return [o.detach() for o in out], grads
@@ -105,6 +113,17 @@ def test_keyframe_motion_float32_and_inactive_keyframes():
     read = native[1]["kf_means"].abs().sum((0, 2)) > 0
     assert read.tolist() == [k in (0, 2, 4, 6) for k in range(model.num_keyframes)]
     assert (native[1]["kf_quats"].abs().sum((0, 2)) > 0).tolist() == [k in (2, 4) for k in range(model.num_keyframes)]
+
+
+@pytest.mark.parametrize("make", [keyframe_model, spacetime_model])
+def test_motion_backward_where_the_upstream_reaches_only_some_gaussians(make):
+    model = make()
+    native, ref = run(model, 0.3, "cpu", sparse=True), run(model, 0.3, "torch", sparse=True)
+    assert_close(native, ref, 1e-10)
+    untouched = torch.arange(model.splats["means"].shape[0]) % 3 == 2
+    for k, grad in native[1].items():
+        assert (grad[untouched] == 0).all(), k
+    assert (native[1]["means"][~untouched] != 0).any()
 
 
 def test_hermite_coefficients_reproduce_the_spline():

@@ -55,13 +55,17 @@ def make_gaussians(n, camera, *, sh_bases=None, dtype=torch.float32, seed=0):
     return [t.to(dtype) for t in (means, quats, log_scales, colors)]
 
 
-def run(params, camera, backend, sh_degree=None, seed=1):
-    """Outputs and the gradients of a fixed random linear functional of every differentiable output."""
+def run(params, camera, backend, sh_degree=None, seed=1, keep=None):
+    """Outputs and the gradients of a fixed random linear functional of every differentiable output;
+    ``keep`` ``[N, 4]`` bool (optional) zeroes the functional's weights on (Gaussian, output) pairs."""
     params = [p.detach().clone().requires_grad_() for p in params]
     proj, rgb = project_and_color(*params, camera, sh_degree=sh_degree, backend=backend)
     outs = (proj.means2d, proj.conics, proj.depths, rgb)
     g = torch.Generator().manual_seed(seed)
-    loss = sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outs)
+    weights = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
+    if keep is not None:
+        weights = [w * keep[:, j].reshape(-1, *[1] * (w.dim() - 1)).to(w.dtype) for j, w in enumerate(weights)]
+    loss = sum((o * w).sum() for o, w in zip(outs, weights))
     loss.backward()
     return proj, rgb, [p.grad for p in params]
 
@@ -71,9 +75,9 @@ def rel_err(a, b):
     return float((a - b).abs().max() / scale)
 
 
-def assert_matches(params, camera, sh_degree=None, fwd_tol=1e-5, grad_tol=1e-4):
-    pc, rc, gc = run(params, camera, "cpu", sh_degree)
-    pt, rt, gt = run(params, camera, "torch", sh_degree)
+def assert_matches(params, camera, sh_degree=None, fwd_tol=1e-5, grad_tol=1e-4, keep=None):
+    pc, rc, gc = run(params, camera, "cpu", sh_degree, keep=keep)
+    pt, rt, gt = run(params, camera, "torch", sh_degree, keep=keep)
     assert torch.equal(pc.radii, pt.radii)
     assert pc.radii.dtype == torch.int32
     for name, a, b in (("means2d", pc.means2d, pt.means2d), ("conics", pc.conics, pt.conics),
@@ -100,6 +104,27 @@ def test_forward_and_gradients_match_reference(sh_degree):
     assert (radii[:, 0] > 0).float().mean() > 0.5  # most in-view Gaussians are kept
     assert (radii[:, 1:4] == 0).all()  # off-screen, behind the camera and beyond far are culled
     assert (grads[0].abs().sum(-1) > 0).all()
+
+
+@pytest.mark.parametrize("sh_degree", [None, 3])
+def test_gradients_where_upstream_reaches_only_some_outputs(sh_degree):
+    """Gaussians no upstream gradient reaches (as the compositing leaves hidden or culled ones) get exact
+    zeros; those reached through one output only (means2d, conics, depths or colour) the reference's."""
+    cam = make_camera()
+    params = make_gaussians(400, cam, sh_bases=None if sh_degree is None else 16)
+    kind = torch.arange(400) % 7
+    keep = torch.zeros(400, 4, dtype=torch.bool)
+    keep[kind == 0] = True  # every output
+    for j in range(4):
+        keep[kind == j + 1, j] = True  # one output only; kind 5 and 6: none
+    _, grads = assert_matches(params, cam, sh_degree, keep=keep)
+    geometric = 3 if sh_degree is None else 4  # outputs that depend on means, quats and log_scales
+    untouched = ~keep[:, :geometric].any(-1)
+    for name, g in zip(INPUTS[:3], grads):
+        assert (g[untouched] == 0).all(), name
+    in_view = torch.arange(400) % 10 == 0  # make_gaussians' visible kind
+    for j in range(geometric):
+        assert (grads[0][(kind == j + 1) & in_view].abs().sum(-1) > 0).any(), j
 
 
 def test_fewer_coefficients_used_than_held():

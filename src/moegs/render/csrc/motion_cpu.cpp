@@ -156,6 +156,14 @@ void KeyframeForwardKernel(const KeyframeArgs<T>& A, T* means_t, T* quats_t) {
   }
 }
 
+// Whether any of the D upstream gradients at g is nonzero: a Gaussian none reach gets exact zeros.
+template <typename T>
+inline bool Reached(const T* g, int D) {
+  bool any = false;
+  for (int i = 0; i < D; ++i) any |= g[i] != T(0);
+  return any;
+}
+
 template <typename T>
 void KeyframeBackwardKernel(const KeyframeArgs<T>& A, const T* gm, const T* gq, T* g_means, T* g_velocity,
                             T* g_quats, T* g_kf_means, T* g_kf_quats) {
@@ -167,6 +175,12 @@ void KeyframeBackwardKernel(const KeyframeArgs<T>& A, const T* gm, const T* gq, 
     std::memset(gkm, 0, K * 3 * sizeof(T));
     std::memset(gkq, 0, K * 4 * sizeof(T));
     const T* g = gm + 3 * n;
+    if (!Reached(g, 3) && !Reached(gq + 4 * n, 4)) {  // linear in the upstream: exact zeros
+      std::fill(g_means + 3 * n, g_means + 3 * n + 3, T(0));
+      std::fill(g_velocity + 3 * n, g_velocity + 3 * n + 3, T(0));
+      std::fill(g_quats + 4 * n, g_quats + 4 * n + 4, T(0));
+      continue;
+    }
     if (A.dynamic[n] > T(0.5)) {
       for (int d = 0; d < 3; ++d) g_means[3 * n + d] = 0, g_velocity[3 * n + d] = 0;
       for (int j = 0; j < 4; ++j) g_quats[4 * n + j] = 0;
@@ -227,6 +241,14 @@ void SpacetimeBackwardKernel(const SpacetimeArgs<T>& A, const T* gm, const T* gq
                              T* g_motion, T* g_quats, T* g_omega, T* g_opacities, T* g_t_center, T* g_t_scale) {
 #pragma omp parallel for schedule(static) num_threads(at::get_num_threads())
   for (int64_t n = 0; n < A.N; ++n) {
+    if (!Reached(gm + 3 * n, 3) && !Reached(gq + 4 * n, 4) && go[n] == T(0)) {  // linear in the upstream
+      std::fill(g_means + 3 * n, g_means + 3 * n + 3, T(0));
+      std::fill(g_motion + 9 * n, g_motion + 9 * n + 9, T(0));
+      std::fill(g_quats + 4 * n, g_quats + 4 * n + 4, T(0));
+      std::fill(g_omega + 4 * n, g_omega + 4 * n + 4, T(0));
+      g_opacities[n] = g_t_center[n] = g_t_scale[n] = T(0);
+      continue;
+    }
     const T tau = A.t - A.t_center[n], tau2 = tau * tau, tau3 = tau2 * tau;
     for (int d = 0; d < 3; ++d) {
       const T g = gm[3 * n + d];

@@ -293,8 +293,21 @@ void BackwardKernel(const Camera<T>& cam, int64_t N, const S* means, const S* qu
                     const S* g_depths, const S* g_rgb, S* gm_out, S* gq_out, S* gls_out, S* gco_out) {
   const int nb = sh_degree >= 0 ? (sh_degree + 1) * (sh_degree + 1) : 0;
   const T* R = cam.R;
-#pragma omp parallel for num_threads(at::get_num_threads()) schedule(static)
+#pragma omp parallel for num_threads(at::get_num_threads()) schedule(dynamic, 1024)  // skipped Gaussians make the load uneven
   for (int64_t n = 0; n < N; ++n) {
+    // The backward is linear in the upstream gradients: a Gaussian none of them reach (culled, fully
+    // hidden, or transparent at this time) gets exact zeros without recomputing its geometry.
+    bool reached = g_depths[n] != S(0);
+    for (int j = 0; j < 2; ++j) reached |= g_means2d[2 * n + j] != S(0);
+    for (int j = 0; j < 3; ++j) reached |= g_conics[3 * n + j] != S(0);
+    for (int j = 0; nb > 0 && j < 3; ++j) reached |= g_rgb[3 * n + j] != S(0);
+    if (!reached) {
+      std::fill(gm_out + 3 * n, gm_out + 3 * n + 3, S(0));
+      std::fill(gq_out + 4 * n, gq_out + 4 * n + 4, S(0));
+      std::fill(gls_out + 3 * n, gls_out + 3 * n + 3, S(0));
+      if (nb > 0) std::fill(gco_out + n * K * 3, gco_out + (n + 1) * K * 3, S(0));
+      continue;
+    }
     Geometry<T> g;
     const S* m = means + 3 * n;
     ComputeGeometry(cam, m, quats + 4 * n, log_scales + 3 * n, g);
