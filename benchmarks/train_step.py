@@ -61,9 +61,8 @@ def timed_step(tr: Trainer, backend: str) -> tuple[dict[str, float], tuple]:
     camera, target = view.camera, tr.scene.image(view)
     gs = expert.gaussians_at(float(view.time))
     t["deform"] = clock()
-    sh = gs.colors.dim() == 3
     proj, rgb = project_and_color(gs.means, gs.quats, gs.log_scales, gs.colors, camera,
-                                  sh_degree=gs.sh_degree if sh else None, backend=backend)
+                                  sh_degree=gs.sh_degree if gs.is_sh else None, backend=backend)
     opac = torch.sigmoid(gs.opacity_logits)
     t["project"] = clock()
     bins = bin_gaussians(proj.means2d, proj.radii, proj.depths, camera.width, camera.height)
@@ -105,8 +104,8 @@ def composite_alone(frame, bins, camera) -> float:
 def projection_compare(expert, camera, repeats: int) -> dict[str, float]:
     """Median ms of the torch reference and the fused projection + colour, forward and forward + backward."""
     gs = expert.gaussians_at(float(camera.time))
-    sh = gs.colors.dim() == 3
-    inputs = [x.detach().clone().requires_grad_() for x in (gs.means, gs.quats, gs.log_scales, gs.colors)]
+    sh = gs.is_sh
+    inputs = [x.detach().clone().requires_grad_() for x in (gs.means, gs.quats, gs.log_scales, gs.colors_tensor())]
     res = {}
     for backend in ("torch", "cpu"):
         for mode in ("fwd", "fwd+bwd"):

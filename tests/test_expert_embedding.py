@@ -35,7 +35,7 @@ def small_config(**kw) -> EmbeddingConfig:
 
 def flat(gs) -> torch.Tensor:
     return torch.cat([gs.means.flatten(), gs.quats.flatten(), gs.log_scales.flatten(),
-                      gs.opacity_logits.flatten(), gs.colors.flatten()])
+                      gs.opacity_logits.flatten(), gs.colors_tensor().flatten()])
 
 
 def test_allocates_embeddings_per_gaussian_and_times():

@@ -32,7 +32,7 @@ def small_config(**kw) -> HexPlaneConfig:
 
 def flat(gs) -> torch.Tensor:
     return torch.cat([gs.means.flatten(), gs.quats.flatten(), gs.log_scales.flatten(),
-                      gs.opacity_logits.flatten(), gs.colors.flatten()])
+                      gs.opacity_logits.flatten(), gs.colors_tensor().flatten()])
 
 
 def test_field_shapes_and_time_planes_start_at_one():

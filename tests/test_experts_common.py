@@ -34,8 +34,8 @@ def test_protocol_and_forward_finite(name, toy_scene):
     cam = toy_scene.train_views[0].camera
     for t in (0.0, 1.0):
         gs = ex.gaussians_at(t)
-        for k in ("means", "quats", "log_scales", "opacity_logits", "colors"):
-            v = getattr(gs, k)
+        for k, v in (("means", gs.means), ("quats", gs.quats), ("log_scales", gs.log_scales),
+                     ("opacity_logits", gs.opacity_logits), ("colors", gs.colors_tensor())):
             assert v.shape[0] == len(gs) and torch.isfinite(v).all(), (name, t, k)
         out = gs.render(cam, backend="torch")
         assert torch.isfinite(out.color).all()

@@ -48,10 +48,10 @@ def test_ply_layout_values_and_render(expert_ckpt, tmp_path):
     assert np.allclose(col("rot_0", "rot_1", "rot_2", "rot_3"), gs.quats.detach().numpy(), atol=1e-6)
     assert np.allclose(col("scale_0", "scale_1", "scale_2"), gs.log_scales.detach().numpy(), atol=1e-6)
     assert np.allclose(v["opacity"], gs.opacity_logits.detach().numpy(), atol=1e-6)
-    assert np.allclose(col("f_dc_0", "f_dc_1", "f_dc_2"), gs.colors[:, 0].detach().numpy(), atol=1e-6)
+    assert np.allclose(col("f_dc_0", "f_dc_1", "f_dc_2"), gs.colors_tensor()[:, 0].detach().numpy(), atol=1e-6)
     # f_rest is channel-major: the 15 higher coefficients of red, then green, then blue.
     rest = col(*[f"f_rest_{i}" for i in range(45)]).reshape(n, 3, 15)
-    assert np.allclose(rest, gs.colors[:, 1:16].permute(0, 2, 1).detach().numpy(), atol=1e-6)
+    assert np.allclose(rest, gs.colors_tensor()[:, 1:16].permute(0, 2, 1).detach().numpy(), atol=1e-6)
     # Re-imported, the Gaussians render the expert's image.
     cam = small_camera()
     back = read_ply(out)

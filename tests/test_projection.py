@@ -169,6 +169,40 @@ def test_float64_gradcheck():
     assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("split,sh_degree", [(1, 3), (4, 3), (16, 3), (1, 1), (0, 2)])
+def test_coefficients_in_two_parts_equal_one_tensor(split, sh_degree):
+    """SH coefficients given as two parts along the bands (as experts store sh0 / shN) render and
+    differentiate exactly as their concatenation, on both backends; each part gets its slice of the gradient."""
+    cam = make_camera()
+    means, quats, log_scales, coeffs = make_gaussians(300, cam, sh_bases=16, seed=4)
+    for backend in ("cpu", "torch"):
+        pw, rw, gw = run((means, quats, log_scales, coeffs), cam, backend, sh_degree)
+        parts = [coeffs[:, :split].clone().requires_grad_(), coeffs[:, split:].clone().requires_grad_()]
+        ins = [t.clone().requires_grad_() for t in (means, quats, log_scales)]
+        proj, rgb = project_and_color(*ins, tuple(parts), cam, sh_degree=sh_degree, backend=backend)
+        g = torch.Generator().manual_seed(1)  # run()'s functional
+        outs = (proj.means2d, proj.conics, proj.depths, rgb)
+        sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outs).backward()
+        for a, b in zip(outs, (pw.means2d, pw.conics, pw.depths, rw)):
+            assert torch.equal(a, b), backend
+        for a, b in zip([t.grad for t in ins], gw[:3]):
+            assert torch.equal(a, b), backend
+        assert torch.equal(torch.cat([p.grad for p in parts], dim=1), gw[3]), backend
+
+
+def test_float64_gradcheck_with_coefficients_in_two_parts():
+    cam = make_camera(24, 18, dtype=torch.float64)
+    means, quats, log_scales, coeffs = make_gaussians(20, cam, sh_bases=16, dtype=torch.float64, seed=5)
+    keep = torch.arange(20) % 10 != 4
+    params = [t[keep].clone().requires_grad_() for t in (means, quats, log_scales, coeffs[:, :1], coeffs[:, 1:])]
+
+    def f(m, q, s, c0, c1):
+        proj, rgb = project_and_color(m, q, s, (c0, c1), cam, backend="cpu")
+        return proj.means2d, proj.conics, proj.depths, rgb
+
+    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
 def test_float64_matches_reference_tightly():
     cam = make_camera(dtype=torch.float64)
     assert_matches(make_gaussians(300, cam, sh_bases=16, dtype=torch.float64), cam, fwd_tol=1e-12, grad_tol=1e-10)

@@ -50,9 +50,10 @@ def ply_fields(sh_degree: int) -> list[str]:
 
 def sh_coefficients(gs: GaussianSet) -> Tensor:
     """``[N, K, 3]`` SH coefficients of the bands ``gs`` renders with (RGB colours become degree 0)."""
-    if gs.colors.dim() == 2:
-        return rgb_to_sh0(gs.colors)[:, None]
-    return gs.colors[:, : num_sh_bases(gs.sh_degree)]
+    colors = gs.colors_tensor()
+    if not gs.is_sh:
+        return rgb_to_sh0(colors)[:, None]
+    return colors[:, : num_sh_bases(gs.sh_degree)]
 
 
 def write_ply(gs: GaussianSet, path: str | Path) -> Path:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .cameras import Camera
-from .render import Backend, RenderOutput, num_sh_bases, rasterize, rgb_to_sh0
+from .render import Backend, Colors, RenderOutput, join_colors, num_sh_bases, rasterize, rgb_to_sh0
 
 __all__ = ["GaussianSet", "init_splats", "knn", "knn_mean_distance", "concat_sets"]
 
@@ -25,7 +25,8 @@ class GaussianSet:
 
     Attributes:
         means: ``[N, 3]``; quats: ``[N, 4]``; log_scales: ``[N, 3]``; opacity_logits: ``[N]``.
-        colors: ``[N, K, 3]`` SH coefficients or ``[N, 3]`` RGB.
+        colors: ``[N, K, 3]`` SH coefficients, the same in two parts along the bands (``(sh0 [N, 1, 3],
+            shN [N, K - 1, 3])`` as experts store them: rendered without concatenating them), or ``[N, 3]`` RGB.
         sh_degree: SH degree to evaluate (ignored for RGB).
     """
 
@@ -33,28 +34,41 @@ class GaussianSet:
     quats: Tensor
     log_scales: Tensor
     opacity_logits: Tensor
-    colors: Tensor
+    colors: Colors
     sh_degree: int = 0
 
     def __len__(self) -> int:
         return self.means.shape[0]
 
+    @property
+    def is_sh(self) -> bool:
+        """Whether ``colors`` holds SH coefficients (else RGB)."""
+        return isinstance(self.colors, tuple) or self.colors.dim() == 3
+
+    def colors_tensor(self) -> Tensor:
+        """``colors`` as one tensor: ``[N, K, 3]`` (parts concatenated) or ``[N, 3]`` RGB."""
+        return join_colors(self.colors)
+
+    def _color_parts(self) -> tuple[Tensor, ...]:
+        return self.colors if isinstance(self.colors, tuple) else (self.colors,)
+
     def detach(self) -> "GaussianSet":
         """The same Gaussians cut from the autograd graph."""
+        colors = tuple(c.detach() for c in self.colors) if isinstance(self.colors, tuple) else self.colors.detach()
         return GaussianSet(self.means.detach(), self.quats.detach(), self.log_scales.detach(),
-                           self.opacity_logits.detach(), self.colors.detach(), self.sh_degree)
+                           self.opacity_logits.detach(), colors, self.sh_degree)
 
     def nbytes(self) -> int:
         """Bytes held by its tensors."""
-        ts = (self.means, self.quats, self.log_scales, self.opacity_logits, self.colors)
+        ts = (self.means, self.quats, self.log_scales, self.opacity_logits, *self._color_parts())
         return sum(t.numel() * t.element_size() for t in ts)
 
     def render(self, camera: Camera, *, extras: Tensor | None = None, background: Tensor | None = None,
                backend: Backend = "auto") -> RenderOutput:
         """Rasterize into ``camera``; ``extras`` ``[N, C]`` are splatted like colour."""
-        colors = self.colors  # all bands: the rasterizer reads only those of sh_degree (no sliced copy to back-prop)
-        return rasterize(self.means, self.quats, self.log_scales, self.opacity_logits, colors, camera,
-                         sh_degree=self.sh_degree if colors.dim() == 3 else None, extras=extras,
+        # all bands, in their parts: the rasterizer reads only those of sh_degree (no sliced copy to back-prop)
+        return rasterize(self.means, self.quats, self.log_scales, self.opacity_logits, self.colors, camera,
+                         sh_degree=self.sh_degree if self.is_sh else None, extras=extras,
                          background=background, backend=backend)
 
 
@@ -64,10 +78,11 @@ def concat_sets(sets: list[GaussianSet]) -> GaussianSet:
     Each set keeps the SH bands of its own degree, padded with zero bands to the largest degree (so
     evaluating the largest degree gives every set exactly its own colour); RGB becomes the DC term.
     """
-    k = max(num_sh_bases(s.sh_degree) if s.colors.dim() == 3 else 1 for s in sets)
+    k = max(num_sh_bases(s.sh_degree) if s.is_sh else 1 for s in sets)
 
     def as_sh(s: GaussianSet) -> Tensor:
-        c = s.colors[:, : num_sh_bases(s.sh_degree)] if s.colors.dim() == 3 else rgb_to_sh0(s.colors)[:, None]
+        c = s.colors_tensor()
+        c = c[:, : num_sh_bases(s.sh_degree)] if s.is_sh else rgb_to_sh0(c)[:, None]
         if c.shape[1] == k:  # no padding: the outer cat is the only copy
             return c
         return torch.cat((c, c.new_zeros(c.shape[0], k - c.shape[1], 3)), dim=1)

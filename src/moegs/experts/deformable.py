@@ -176,7 +176,7 @@ class DeformableGaussians(nn.Module):
             means = means + dx
             quats = F.normalize(quats, dim=-1) + dq
             scales = scales + ds
-        return GaussianSet(means, quats, scales, s["opacities"], torch.cat((s["sh0"], s["shN"]), dim=1),
+        return GaussianSet(means, quats, scales, s["opacities"], (s["sh0"], s["shN"]),
                            self.sh_degree)
 
     def param_groups(self) -> dict[str, ParamGroup]:

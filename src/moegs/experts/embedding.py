@@ -259,9 +259,10 @@ class EmbeddingGaussians(nn.Module):
         quats = s["quats"] + d["quats"] if "quats" in d else s["quats"]
         scales = s["scales"] + d["scales"] if "scales" in d else s["scales"]
         opacities = s["opacities"] + d["opacities"][:, 0] if "opacities" in d else s["opacities"]
-        colors = torch.cat((s["sh0"], s["shN"]), dim=1)
-        if "colors" in d:
-            colors = colors + d["colors"].view(colors.shape)
+        colors = (s["sh0"], s["shN"])
+        if "colors" in d:  # an offset of every coefficient: one tensor
+            full = torch.cat(colors, dim=1)
+            colors = full + d["colors"].view(full.shape)
         return GaussianSet(s["means"] + d["means"], quats, scales, opacities, colors, self.sh_degree)
 
     # ------------------------------------------------------------- training

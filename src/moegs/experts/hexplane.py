@@ -232,7 +232,7 @@ class HexPlaneGaussians(nn.Module):
                 quats = quats + d_rot
             if d_scale is not None:
                 scales = scales + d_scale
-        return GaussianSet(means, quats, scales, s["opacities"], torch.cat((s["sh0"], s["shN"]), dim=1),
+        return GaussianSet(means, quats, scales, s["opacities"], (s["sh0"], s["shN"]),
                            self.sh_degree)
 
     # ------------------------------------------------------------- training

@@ -287,7 +287,7 @@ class KeyframeGaussians(nn.Module):
     def gaussians_at(self, t: float) -> GaussianSet:
         s = self.splats
         means, quats = self.motion(t)
-        return GaussianSet(means, quats, s["scales"], s["opacities"], torch.cat((s["sh0"], s["shN"]), dim=1),
+        return GaussianSet(means, quats, s["scales"], s["opacities"], (s["sh0"], s["shN"]),
                            self.sh_degree)
 
     def param_groups(self) -> dict[str, ParamGroup]:

@@ -206,7 +206,7 @@ class SpacetimeGaussians(nn.Module):
     def gaussians_at(self, t: float) -> GaussianSet:
         s = self.splats
         means, quats, opacity = self.motion(t)
-        return GaussianSet(means, quats, s["scales"], opacity, torch.cat((s["sh0"], s["shN"]), dim=1),
+        return GaussianSet(means, quats, s["scales"], opacity, (s["sh0"], s["shN"]),
                            self.sh_degree)
 
     def param_groups(self) -> dict[str, ParamGroup]:

@@ -41,7 +41,7 @@ class StaticGaussians(nn.Module):
     def gaussians_at(self, t: float) -> GaussianSet:
         s = self.splats
         return GaussianSet(s["means"], s["quats"], s["scales"], s["opacities"],
-                           torch.cat((s["sh0"], s["shN"]), dim=1), self.sh_degree)
+                           (s["sh0"], s["shN"]), self.sh_degree)
 
     def param_groups(self) -> dict[str, ParamGroup]:
         return splat_param_groups(self.splats, self.config.gaussians.lr, self.extent)

@@ -28,8 +28,8 @@ from torch import Tensor
 
 from ..cameras import Camera
 from ._torch_impl import composite_torch
-from .projection import (TILE_SIZE, bin_gaussians, eval_colors, project_and_color, project_gaussians,
-                         quat_to_rotmat)
+from .projection import (TILE_SIZE, Colors, bin_gaussians, eval_colors, join_colors, project_and_color,
+                         project_gaussians, quat_to_rotmat)
 from .sh import eval_sh, num_sh_bases, rgb_to_sh0
 
 __all__ = [
@@ -47,6 +47,8 @@ __all__ = [
     "rgb_to_sh0",
     "TILE_SIZE",
     "eval_colors",
+    "Colors",
+    "join_colors",
     "finish_render",
     "ExpertsRenderOutput",
     "PreparedExperts",
@@ -115,7 +117,7 @@ def rasterize(
     quats: Tensor,  # [N, 4]
     log_scales: Tensor,  # [N, 3]
     opacity_logits: Tensor,  # [N]
-    colors: Tensor,  # [N, 3] or [N, K, 3] SH coefficients
+    colors: Colors,  # [N, 3], [N, K, 3] SH coefficients, or those in two parts
     camera: Camera,
     *,
     sh_degree: int | None = None,
@@ -130,7 +132,8 @@ def rasterize(
         quats: ``[N, 4]`` rotations as (w, x, y, z) quaternions (normalised internally).
         log_scales: ``[N, 3]`` log standard deviations.
         opacity_logits: ``[N]`` opacities before the sigmoid.
-        colors: ``[N, 3]`` RGB, or ``[N, K, 3]`` SH coefficients (3DGS basis, colour = SH + 0.5, clamped at 0).
+        colors: ``[N, 3]`` RGB, or ``[N, K, 3]`` SH coefficients (3DGS basis, colour = SH + 0.5, clamped at 0),
+            also as two parts along the bands (:data:`~moegs.render.projection.Colors`, read in place).
         camera: pinhole camera (OpenCV convention).
         sh_degree: SH degree to evaluate (default: the highest ``K`` holds).
         extras: ``[N, C]`` extra per-Gaussian channels, composited like colour.
@@ -146,8 +149,11 @@ def rasterize(
             f"shape mismatch: means {tuple(means.shape)}, quats {tuple(quats.shape)}, "
             f"log_scales {tuple(log_scales.shape)}, opacity_logits {tuple(opacity_logits.shape)} (want N x 3/4/3, N)"
         )
-    if colors.shape[0] != N or colors.shape[-1] != 3 or colors.dim() not in (2, 3):
-        raise ValueError(f"colors must be [N, 3] or [N, K, 3], got {tuple(colors.shape)}")
+    parts = colors if isinstance(colors, tuple) else (colors,)
+    dims = (3,) if isinstance(colors, tuple) else (2, 3)
+    if len(parts) > 2 or any(c.shape[0] != N or c.shape[-1] != 3 or c.dim() not in dims for c in parts):
+        raise ValueError(f"colors must be [N, 3], [N, K, 3] or two [N, K_i, 3] parts, got "
+                         f"{[tuple(c.shape) for c in parts]}")
     if extras is None:
         extras = means.new_zeros(N, 0)
     if extras.dim() != 2 or extras.shape[0] != N:

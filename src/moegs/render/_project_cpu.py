@@ -21,6 +21,7 @@ from torch.autograd.function import once_differentiable
 
 from ..cameras import Camera
 from ._cpu import NATIVE, NativeOps
+from .projection import Colors
 
 __all__ = ["available", "bin_cpu", "build_error", "project_and_color_cpu"]
 
@@ -35,11 +36,11 @@ _require = _PROJECT.require
 
 class _ProjectCpu(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means, quats, log_scales, coeffs, viewmat, center, cam_args, sh_degree):
+    def forward(ctx, means, quats, log_scales, coeffs, coeffs_rest, viewmat, center, cam_args, sh_degree):
         means2d, conics, depths, radii, rgb = _require().forward(
-            means, quats, log_scales, coeffs, viewmat, center, *cam_args, sh_degree
+            means, quats, log_scales, coeffs, coeffs_rest, viewmat, center, *cam_args, sh_degree
         )
-        ctx.save_for_backward(means, quats, log_scales, coeffs, viewmat, center)
+        ctx.save_for_backward(means, quats, log_scales, coeffs, coeffs_rest, viewmat, center)
         ctx.cam_args, ctx.sh_degree = cam_args, sh_degree
         ctx.mark_non_differentiable(radii)
         return means2d, conics, depths, radii, rgb
@@ -47,7 +48,7 @@ class _ProjectCpu(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g_means2d, g_conics, g_depths, _g_radii, g_rgb):
-        means, quats, log_scales, coeffs, viewmat, center = ctx.saved_tensors
+        means, quats, log_scales, coeffs, coeffs_rest, viewmat, center = ctx.saved_tensors
         dt = means.dtype
 
         def dense(g: Tensor | None, like: Tensor) -> Tensor:
@@ -55,19 +56,20 @@ class _ProjectCpu(torch.autograd.Function):
 
         n = means.shape[0]
         g_rgb = dense(g_rgb, means.new_empty(n if ctx.sh_degree >= 0 else 0, 3))
-        gm, gq, gs, gc = _require().backward(
-            means, quats, log_scales, coeffs, viewmat, center, *ctx.cam_args, ctx.sh_degree,
+        gm, gq, gs, gc, gr = _require().backward(
+            means, quats, log_scales, coeffs, coeffs_rest, viewmat, center, *ctx.cam_args, ctx.sh_degree,
             dense(g_means2d, means.new_empty(n, 2)), dense(g_conics, means.new_empty(n, 3)),
             dense(g_depths, means.new_empty(n)), g_rgb,
         )
-        return gm, gq, gs, (gc if ctx.sh_degree >= 0 else None), None, None, None, None
+        sh = ctx.sh_degree >= 0
+        return gm, gq, gs, (gc if sh else None), (gr if sh else None), None, None, None, None
 
 
 def project_and_color_cpu(
     means: Tensor,  # [N, 3]
     quats: Tensor,  # [N, 4]
     log_scales: Tensor,  # [N, 3]
-    colors: Tensor,  # [N, 3] RGB or [N, K, 3] SH coefficients
+    colors: Colors,  # [N, 3] RGB, [N, K, 3] SH coefficients or those in two parts
     camera: Camera,
     degree: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -75,7 +77,8 @@ def project_and_color_cpu(
 
     Args:
         means, quats, log_scales: ``[N, 3]``, ``[N, 4]``, ``[N, 3]`` float32 or float64.
-        colors: ``[N, 3]`` RGB (returned as is) or ``[N, K, 3]`` SH coefficients (cast to ``means``' dtype).
+        colors: ``[N, 3]`` RGB (returned as is) or SH coefficients, one ``[N, K, 3]`` tensor or two parts
+            ``([N, K0, 3], [N, K1, 3])`` read in place (cast to ``means``' dtype).
         camera: the pinhole camera.
         degree: SH degree to evaluate, ``(degree + 1) ** 2 <= K`` (ignored for RGB).
 
@@ -87,12 +90,16 @@ def project_and_color_cpu(
     dt = means.dtype
     if dt not in (torch.float32, torch.float64):
         raise TypeError(f"project_and_color_cpu supports float32 and float64, got {dt}")
-    sh = colors.dim() == 3
-    coeffs = colors.to(dt).contiguous() if sh else means.new_empty(0)
+    sh = isinstance(colors, tuple) or colors.dim() == 3
+    if not sh:
+        coeffs = coeffs_rest = means.new_empty(0)
+    else:
+        coeffs, coeffs_rest = colors if isinstance(colors, tuple) else (colors, colors.new_empty(colors.shape[0], 0, 3))
+        coeffs, coeffs_rest = coeffs.to(dt).contiguous(), coeffs_rest.to(dt).contiguous()
     cam_args = (float(camera.fx), float(camera.fy), float(camera.cx), float(camera.cy), int(camera.width),
                 int(camera.height), float(camera.near), float(camera.far))
     means2d, conics, depths, radii, rgb = _ProjectCpu.apply(
-        means.contiguous(), quats.to(dt).contiguous(), log_scales.to(dt).contiguous(), coeffs,
+        means.contiguous(), quats.to(dt).contiguous(), log_scales.to(dt).contiguous(), coeffs, coeffs_rest,
         camera.world_to_camera.to(dt).contiguous(), camera.center.to(dt).contiguous(), cam_args,
         int(degree) if sh else -1,
     )

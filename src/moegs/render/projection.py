@@ -9,6 +9,7 @@ hand-written backward (``_project_cpu.py``). Binning is shared by both.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +19,27 @@ from ..cameras import Camera
 from .sh import eval_sh
 
 __all__ = [
-    "Projected", "quat_to_rotmat", "project_gaussians", "eval_colors", "project_and_color", "TileBins",
-    "bin_gaussians", "TILE_SIZE",
+    "Colors", "Projected", "quat_to_rotmat", "project_gaussians", "eval_colors", "join_colors", "project_and_color",
+    "TileBins", "bin_gaussians", "TILE_SIZE",
 ]
+
+Colors = Union[Tensor, tuple[Tensor, Tensor]]
+"""Per-Gaussian colour: ``[N, 3]`` RGB, ``[N, K, 3]`` SH coefficients (3DGS basis), or the coefficients in two
+parts along the band axis, ``([N, K0, 3], [N, K1, 3])`` with ``K = K0 + K1``, as experts store them (3DGS's
+``sh0`` and ``shN``): the fused CPU projection reads and differentiates the parts in place, with no
+``[N, K, 3]`` concatenation forward nor split of its gradient backward."""
+
+
+def join_colors(colors: Colors) -> Tensor:
+    """``colors`` as one tensor: RGB ``[N, 3]`` as is, SH coefficients ``[N, K, 3]`` (parts concatenated)."""
+    return torch.cat(colors, dim=1) if isinstance(colors, tuple) else colors
+
+
+def _num_bands(colors: Colors) -> int | None:
+    """SH coefficients held (``K``), or ``None`` for RGB."""
+    if isinstance(colors, tuple):
+        return sum(c.shape[1] for c in colors)
+    return colors.shape[1] if colors.dim() == 3 else None
 
 TILE_SIZE = 16
 BLUR = 0.3  # low-pass filter added to the 2D covariance (3DGS)
@@ -116,15 +135,16 @@ def project_gaussians(means: Tensor, quats: Tensor, log_scales: Tensor, camera: 
     return Projected(means2d=means2d, conics=conics, depths=z, radii=radii)
 
 
-def sh_degree_of(colors: Tensor, sh_degree: int | None) -> int:
-    """The SH degree to evaluate for ``colors`` ``[N, B, 3]``: ``sh_degree``, or the highest ``B`` holds."""
-    return sh_degree if sh_degree is not None else int(round(colors.shape[1] ** 0.5)) - 1
+def sh_degree_of(colors: Colors, sh_degree: int | None) -> int:
+    """The SH degree to evaluate for SH ``colors`` (``B`` coefficients): ``sh_degree``, or the highest ``B`` holds."""
+    return sh_degree if sh_degree is not None else int(round(_num_bands(colors) ** 0.5)) - 1
 
 
-def eval_colors(means: Tensor, colors: Tensor, camera: Camera, sh_degree: int | None = None) -> Tensor:
+def eval_colors(means: Tensor, colors: Colors, camera: Camera, sh_degree: int | None = None) -> Tensor:
     """``[N, 3]`` colour of Gaussians at ``means`` ``[N, 3]`` seen from ``camera``: ``colors`` ``[N, 3]`` RGB
-    as is, or ``[N, B, 3]`` SH coefficients evaluated up to ``sh_degree`` (default: what ``B`` holds) for the
-    direction camera centre -> mean, + 0.5, clamped at 0."""
+    as is, or SH coefficients (:data:`Colors`, ``B`` in all) evaluated up to ``sh_degree`` (default: what ``B``
+    holds) for the direction camera centre -> mean, + 0.5, clamped at 0."""
+    colors = join_colors(colors)
     if colors.dim() != 3:
         return colors
     dirs = F.normalize(means - camera.center.to(means), dim=-1)
@@ -135,7 +155,7 @@ def project_and_color(
     means: Tensor,  # [N, 3]
     quats: Tensor,  # [N, 4]
     log_scales: Tensor,  # [N, 3]
-    colors: Tensor,  # [N, 3] RGB or [N, B, 3] SH coefficients
+    colors: Colors,  # [N, 3] RGB, [N, B, 3] SH coefficients, or those in two parts
     camera: Camera,
     *,
     sh_degree: int | None = None,
@@ -147,7 +167,8 @@ def project_and_color(
         means: ``[N, 3]`` world positions.
         quats: ``[N, 4]`` rotations (w, x, y, z), any norm.
         log_scales: ``[N, 3]`` log standard deviations.
-        colors: ``[N, 3]`` RGB (returned as is) or ``[N, B, 3]`` SH coefficients (3DGS basis).
+        colors: ``[N, 3]`` RGB (returned as is) or ``B`` SH coefficients (3DGS basis), as one ``[N, B, 3]``
+            tensor or in two parts (:data:`Colors`).
         camera: the pinhole camera.
         sh_degree: SH degree to evaluate, ``(sh_degree + 1) ** 2 <= B`` (default: the highest ``B`` holds).
         backend: ``"torch"`` (this module's reference: :func:`project_gaussians` + :func:`eval_colors`)
@@ -158,10 +179,11 @@ def project_and_color(
         ``[N]`` int32) and ``rgb`` ``[N, 3]``; differentiable w.r.t. every input tensor, the view-direction
         dependence of the colour on ``means`` included.
     """
-    if colors.dim() == 3:
+    bands = _num_bands(colors)
+    if bands is not None:
         degree = sh_degree_of(colors, sh_degree)
-        if not 0 <= degree <= 3 or colors.shape[1] < (degree + 1) ** 2:
-            raise ValueError(f"SH degree {degree} needs {(degree + 1) ** 2} of the {colors.shape[1]} coefficients held")
+        if not 0 <= degree <= 3 or bands < (degree + 1) ** 2:
+            raise ValueError(f"SH degree {degree} needs {(degree + 1) ** 2} of the {bands} coefficients held")
     if backend not in ("torch", "cpu"):
         raise ValueError(f"project_and_color runs on the torch or cpu backend, not {backend!r}")
     if backend == "cpu":
@@ -174,7 +196,7 @@ def project_and_color(
     from ._project_cpu import project_and_color_cpu
 
     means2d, conics, depths, radii, rgb = project_and_color_cpu(
-        means, quats, log_scales, colors, camera, sh_degree_of(colors, sh_degree) if colors.dim() == 3 else -1
+        means, quats, log_scales, colors, camera, sh_degree_of(colors, sh_degree) if bands is not None else -1
     )
     return Projected(means2d=means2d, conics=conics, depths=depths, radii=radii), rgb
 

@@ -16,11 +16,13 @@
 //   means:      [N, 3] float32/float64 world centres.
 //   quats:      [N, 4] same dtype, (w, x, y, z) rotations of any norm (normalised here).
 //   log_scales: [N, 3] same dtype, log standard deviations along the local axes.
-//   coeffs:     [N, K, 3] same dtype SH coefficients (3DGS basis), or [0] (empty) when sh_degree < 0.
+//   coeffs, coeffs_rest: [N, K0, 3] and [N, K1, 3] same dtype: the SH coefficients (3DGS basis) in two
+//               parts along the band axis, K = K0 + K1 (as experts store them, 3DGS's sh0 and shN, so
+//               that no [N, K, 3] concatenation is made; K1 may be 0), or [0] (empty) when sh_degree < 0.
 //   viewmat:    [4, 4] same dtype, world-to-camera (OpenCV convention).
 //   center:     [3] same dtype, camera centre in world coordinates (origin of the view directions).
 //   fx, fy, cx, cy: intrinsics in pixels; width, height: image size; near, far: depth range.
-//   sh_degree:  0..3 with (sh_degree + 1)^2 <= K, or -1: no colour is computed.
+//   sh_degree:  0..3 with (sh_degree + 1)^2 <= K0 + K1, or -1: no colour is computed.
 //
 // Returns:
 //   means2d: [N, 2] pixel coordinates of the centres.
@@ -33,6 +35,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectFo
     const at::Tensor& quats,
     const at::Tensor& log_scales,
     const at::Tensor& coeffs,
+    const at::Tensor& coeffs_rest,
     const at::Tensor& viewmat,
     const at::Tensor& center,
     double fx, double fy, double cx, double cy,
@@ -50,14 +53,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectFo
 //
 // Returns:
 //   grad_means [N, 3] (including the view-direction term of the colour), grad_quats [N, 4],
-//   grad_log_scales [N, 3], grad_coeffs [N, K, 3] (zero beyond the coefficients sh_degree uses;
-//   [0] when sh_degree < 0). Every Gaussian is independent, so results do not depend on the
+//   grad_log_scales [N, 3], grad_coeffs [N, K0, 3] and grad_coeffs_rest [N, K1, 3] (zero beyond the
+//   coefficients sh_degree uses; [0] when sh_degree < 0). Every Gaussian is independent, so results do not depend on the
 //   thread count.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackwardCpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackwardCpu(
     const at::Tensor& means,
     const at::Tensor& quats,
     const at::Tensor& log_scales,
     const at::Tensor& coeffs,
+    const at::Tensor& coeffs_rest,
     const at::Tensor& viewmat,
     const at::Tensor& center,
     double fx, double fy, double cx, double cy,
@@ -72,12 +76,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackwardCpu(
 // Checked entry points bound to Python (validate, then call the *Cpu functions above).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectForward(
     const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales, const at::Tensor& coeffs,
-    const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy, double cx, double cy,
+    const at::Tensor& coeffs_rest, const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy, double cx, double cy,
     int64_t width, int64_t height, double near, double far, int64_t sh_degree);
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackward(
     const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales, const at::Tensor& coeffs,
-    const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy, double cx, double cy,
+    const at::Tensor& coeffs_rest, const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy, double cx, double cy,
     int64_t width, int64_t height, double near, double far, int64_t sh_degree,
     const at::Tensor& grad_means2d, const at::Tensor& grad_conics, const at::Tensor& grad_depths,
     const at::Tensor& grad_rgb);

@@ -27,6 +27,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <algorithm>
 #include <cmath>
@@ -184,6 +185,16 @@ inline void ShBasisBackward(int degree, const T d[3], const T* gb, T gd[3]) {
   gd[1] += T(kC3[6]) * (-6 * x * y) * gb[15];
 }
 
+// SH coefficients held in two parts along the band axis ([N, na, 3] and [N, nb, 3]): band k of
+// Gaussian n, wherever it lives (P: const S* for the coefficients, S* for their gradients).
+template <typename P>
+struct ShParts {
+  P a, b;
+  int64_t na, nb;
+  P At(int64_t n, int64_t k) const { return k < na ? a + (n * na + k) * 3 : b + (n * nb + k - na) * 3; }
+  int64_t Count() const { return na + nb; }
+};
+
 // Per-Gaussian geometry shared by the forward and the backward.
 template <typename T>
 struct Geometry {
@@ -250,7 +261,7 @@ inline void ComputeGeometry(const Camera<T>& cam, const S* m_in, const S* q_in, 
 
 template <typename S, typename T = double>
 void ForwardKernel(const Camera<T>& cam, int64_t N, const S* means, const S* quats, const S* log_scales,
-                   const S* coeffs, int64_t K, int sh_degree, S* means2d, S* conics, S* depths, int32_t* radii,
+                   const ShParts<const S*>& coeffs, int sh_degree, S* means2d, S* conics, S* depths, int32_t* radii,
                    S* rgb) {
   const int nb = sh_degree >= 0 ? (sh_degree + 1) * (sh_degree + 1) : 0;
 #pragma omp parallel for num_threads(at::get_num_threads()) schedule(static)
@@ -277,10 +288,9 @@ void ForwardKernel(const Camera<T>& cam, int64_t N, const S* means, const S* qua
       T d[3], basis[16];
       Normalize<T, 3>(v, d);
       ShBasis(sh_degree, d, basis);
-      const S* co = coeffs + n * K * 3;
       for (int ch = 0; ch < 3; ++ch) {
         T acc = 0;
-        for (int k = 0; k < nb; ++k) acc += basis[k] * T(co[3 * k + ch]);
+        for (int k = 0; k < nb; ++k) acc += basis[k] * T(coeffs.At(n, k)[ch]);
         rgb[3 * n + ch] = S(std::max(acc + T(0.5), T(0)));
       }
     }
@@ -289,8 +299,8 @@ void ForwardKernel(const Camera<T>& cam, int64_t N, const S* means, const S* qua
 
 template <typename S, typename T = double>
 void BackwardKernel(const Camera<T>& cam, int64_t N, const S* means, const S* quats, const S* log_scales,
-                    const S* coeffs, int64_t K, int sh_degree, const S* g_means2d, const S* g_conics,
-                    const S* g_depths, const S* g_rgb, S* gm_out, S* gq_out, S* gls_out, S* gco_out) {
+                    const ShParts<const S*>& coeffs, int sh_degree, const S* g_means2d, const S* g_conics,
+                    const S* g_depths, const S* g_rgb, S* gm_out, S* gq_out, S* gls_out, const ShParts<S*>& gco) {
   const int nb = sh_degree >= 0 ? (sh_degree + 1) * (sh_degree + 1) : 0;
   const T* R = cam.R;
 #pragma omp parallel for num_threads(at::get_num_threads()) schedule(dynamic, 1024)  // skipped Gaussians make the load uneven
@@ -305,7 +315,7 @@ void BackwardKernel(const Camera<T>& cam, int64_t N, const S* means, const S* qu
       std::fill(gm_out + 3 * n, gm_out + 3 * n + 3, S(0));
       std::fill(gq_out + 4 * n, gq_out + 4 * n + 4, S(0));
       std::fill(gls_out + 3 * n, gls_out + 3 * n + 3, S(0));
-      if (nb > 0) std::fill(gco_out + n * K * 3, gco_out + (n + 1) * K * 3, S(0));
+      for (int64_t k = 0; nb > 0 && k < gco.Count(); ++k) std::fill(gco.At(n, k), gco.At(n, k) + 3, S(0));
       continue;
     }
     Geometry<T> g;
@@ -400,22 +410,22 @@ void BackwardKernel(const Camera<T>& cam, int64_t N, const S* means, const S* qu
       T d[3], basis[16], gbasis[16];
       const T vn = Normalize<T, 3>(v, d);
       ShBasis(sh_degree, d, basis);
-      const S* co = coeffs + n * K * 3;
-      S* gco = gco_out + n * K * 3;
       T grgb[3];
       for (int ch = 0; ch < 3; ++ch) {
         T acc = 0;
-        for (int k = 0; k < nb; ++k) acc += basis[k] * T(co[3 * k + ch]);
+        for (int k = 0; k < nb; ++k) acc += basis[k] * T(coeffs.At(n, k)[ch]);
         grgb[ch] = (acc + T(0.5) >= T(0)) ? T(g_rgb[3 * n + ch]) : T(0);  // clamp_min passes on [0, inf)
       }
       for (int k = 0; k < nb; ++k) {
         gbasis[k] = 0;
+        const S* co = coeffs.At(n, k);
+        S* g = gco.At(n, k);
         for (int ch = 0; ch < 3; ++ch) {
-          gco[3 * k + ch] = S(basis[k] * grgb[ch]);
-          gbasis[k] += T(co[3 * k + ch]) * grgb[ch];
+          g[ch] = S(basis[k] * grgb[ch]);
+          gbasis[k] += T(co[ch]) * grgb[ch];
         }
       }
-      for (int64_t k = nb; k < K; ++k) gco[3 * k] = gco[3 * k + 1] = gco[3 * k + 2] = 0;
+      for (int64_t k = nb; k < gco.Count(); ++k) std::fill(gco.At(n, k), gco.At(n, k) + 3, S(0));
       T gd[3], gv[3];
       ShBasisBackward(sh_degree, d, gbasis, gd);
       NormalizeBackward<T, 3>(v, vn, gd, gv);
@@ -426,7 +436,8 @@ void BackwardKernel(const Camera<T>& cam, int64_t N, const S* means, const S* qu
 }
 
 void CheckInputs(const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales,
-                 const at::Tensor& coeffs, const at::Tensor& viewmat, const at::Tensor& center, int64_t sh_degree) {
+                 const at::Tensor& coeffs, const at::Tensor& coeffs_rest, const at::Tensor& viewmat,
+                 const at::Tensor& center, int64_t sh_degree) {
   TORCH_CHECK(means.device().is_cpu(), "project: tensors must be on the CPU");
   const auto dt = means.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "project: float32 or float64 expected");
@@ -440,23 +451,37 @@ void CheckInputs(const at::Tensor& means, const at::Tensor& quats, const at::Ten
     TORCH_CHECK(t->scalar_type() == dt && t->device().is_cpu(), "project: all tensors must share means' dtype");
   TORCH_CHECK(sh_degree >= -1 && sh_degree <= 3, "project: sh_degree must be in [-1, 3]");
   if (sh_degree >= 0) {
-    TORCH_CHECK(coeffs.scalar_type() == dt, "project: coeffs must share means' dtype");
-    TORCH_CHECK(coeffs.dim() == 3 && coeffs.size(0) == N && coeffs.size(2) == 3, "project: coeffs must be [N, K, 3]");
-    TORCH_CHECK(coeffs.size(1) >= (sh_degree + 1) * (sh_degree + 1), "project: too few SH coefficients for sh_degree");
+    for (const at::Tensor* t : {&coeffs, &coeffs_rest}) {
+      TORCH_CHECK(t->scalar_type() == dt && t->device().is_cpu(), "project: coeffs must share means' dtype");
+      TORCH_CHECK(t->dim() == 3 && t->size(0) == N && t->size(2) == 3, "project: coeffs must be [N, K, 3]");
+    }
+    TORCH_CHECK(coeffs.size(1) + coeffs_rest.size(1) >= (sh_degree + 1) * (sh_degree + 1),
+                "project: too few SH coefficients for sh_degree");
   }
 }
 
-int64_t NumCoeffs(const at::Tensor& coeffs, int64_t sh_degree) { return sh_degree >= 0 ? coeffs.size(1) : 0; }
+// The two parts of the coefficients (contiguous copies only where the inputs are not).
+struct Coeffs {
+  at::Tensor a, b;
+  Coeffs(const at::Tensor& a_in, const at::Tensor& b_in, int64_t sh_degree)
+      : a(sh_degree >= 0 ? a_in.contiguous() : a_in), b(sh_degree >= 0 ? b_in.contiguous() : b_in) {}
+  template <typename S>
+  ShParts<const S*> Parts(int64_t sh_degree) const {
+    if (sh_degree < 0) return {nullptr, nullptr, 0, 0};
+    return {a.data_ptr<S>(), b.numel() ? b.data_ptr<S>() : nullptr, a.size(1), b.size(1)};
+  }
+};
 
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectForwardCpu(
     const at::Tensor& means_in, const at::Tensor& quats_in, const at::Tensor& log_scales_in,
-    const at::Tensor& coeffs_in, const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy,
-    double cx, double cy, int64_t width, int64_t height, double near, double far, int64_t sh_degree) {
+    const at::Tensor& coeffs_in, const at::Tensor& coeffs_rest_in, const at::Tensor& viewmat,
+    const at::Tensor& center, double fx, double fy, double cx, double cy, int64_t width, int64_t height,
+    double near, double far, int64_t sh_degree) {
   const auto means = means_in.contiguous(), quats = quats_in.contiguous(), log_scales = log_scales_in.contiguous();
-  const auto coeffs = coeffs_in.contiguous();
-  const int64_t N = means.size(0), K = NumCoeffs(coeffs, sh_degree);
+  const Coeffs coeffs(coeffs_in, coeffs_rest_in, sh_degree);
+  const int64_t N = means.size(0);
   auto opts = means.options();
   auto means2d = at::empty({N, 2}, opts), conics = at::empty({N, 3}, opts), depths = at::empty({N}, opts);
   auto radii = at::empty({N}, opts.dtype(at::kInt));
@@ -464,55 +489,63 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectFo
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward_cpu", [&] {
     const auto cam = MakeCamera<double, scalar_t>(viewmat, center, fx, fy, cx, cy, width, height, near, far);
     ForwardKernel<scalar_t, double>(cam, N, means.data_ptr<scalar_t>(), quats.data_ptr<scalar_t>(),
-                            log_scales.data_ptr<scalar_t>(), K ? coeffs.data_ptr<scalar_t>() : nullptr, K,
-                            static_cast<int>(sh_degree), means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
-                            depths.data_ptr<scalar_t>(), radii.data_ptr<int32_t>(),
-                            K ? rgb.data_ptr<scalar_t>() : nullptr);
+                                    log_scales.data_ptr<scalar_t>(), coeffs.Parts<scalar_t>(sh_degree),
+                                    static_cast<int>(sh_degree), means2d.data_ptr<scalar_t>(),
+                                    conics.data_ptr<scalar_t>(), depths.data_ptr<scalar_t>(),
+                                    radii.data_ptr<int32_t>(), sh_degree >= 0 ? rgb.data_ptr<scalar_t>() : nullptr);
   });
   return {means2d, conics, depths, radii, rgb};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackwardCpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackwardCpu(
     const at::Tensor& means_in, const at::Tensor& quats_in, const at::Tensor& log_scales_in,
-    const at::Tensor& coeffs_in, const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy,
-    double cx, double cy, int64_t width, int64_t height, double near, double far, int64_t sh_degree,
-    const at::Tensor& grad_means2d_in, const at::Tensor& grad_conics_in, const at::Tensor& grad_depths_in,
-    const at::Tensor& grad_rgb_in) {
+    const at::Tensor& coeffs_in, const at::Tensor& coeffs_rest_in, const at::Tensor& viewmat,
+    const at::Tensor& center, double fx, double fy, double cx, double cy, int64_t width, int64_t height,
+    double near, double far, int64_t sh_degree, const at::Tensor& grad_means2d_in, const at::Tensor& grad_conics_in,
+    const at::Tensor& grad_depths_in, const at::Tensor& grad_rgb_in) {
   const auto means = means_in.contiguous(), quats = quats_in.contiguous(), log_scales = log_scales_in.contiguous();
-  const auto coeffs = coeffs_in.contiguous();
+  const Coeffs coeffs(coeffs_in, coeffs_rest_in, sh_degree);
   const auto gm2 = grad_means2d_in.contiguous(), gcon = grad_conics_in.contiguous();
   const auto gdep = grad_depths_in.contiguous(), grgb = grad_rgb_in.contiguous();
-  const int64_t N = means.size(0), K = NumCoeffs(coeffs, sh_degree);
+  const int64_t N = means.size(0);
+  const bool sh = sh_degree >= 0;
   auto opts = means.options();
   auto g_means = at::empty({N, 3}, opts), g_quats = at::empty({N, 4}, opts), g_ls = at::empty({N, 3}, opts);
-  auto g_coeffs = sh_degree >= 0 ? at::empty({N, K, 3}, opts) : at::empty({0}, opts);
+  auto g_coeffs = sh ? at::empty_like(coeffs.a) : at::empty({0}, opts);
+  auto g_coeffs_rest = sh ? at::empty_like(coeffs.b) : at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_backward_cpu", [&] {
     const auto cam = MakeCamera<double, scalar_t>(viewmat, center, fx, fy, cx, cy, width, height, near, far);
+    const ShParts<scalar_t*> g_parts =
+        sh ? ShParts<scalar_t*>{g_coeffs.data_ptr<scalar_t>(),
+                                g_coeffs_rest.numel() ? g_coeffs_rest.data_ptr<scalar_t>() : nullptr,
+                                g_coeffs.size(1), g_coeffs_rest.size(1)}
+           : ShParts<scalar_t*>{nullptr, nullptr, 0, 0};
     BackwardKernel<scalar_t, double>(cam, N, means.data_ptr<scalar_t>(), quats.data_ptr<scalar_t>(),
-                             log_scales.data_ptr<scalar_t>(), K ? coeffs.data_ptr<scalar_t>() : nullptr, K,
-                             static_cast<int>(sh_degree), gm2.data_ptr<scalar_t>(), gcon.data_ptr<scalar_t>(),
-                             gdep.data_ptr<scalar_t>(), K ? grgb.data_ptr<scalar_t>() : nullptr,
-                             g_means.data_ptr<scalar_t>(), g_quats.data_ptr<scalar_t>(), g_ls.data_ptr<scalar_t>(),
-                             K ? g_coeffs.data_ptr<scalar_t>() : nullptr);
+                                     log_scales.data_ptr<scalar_t>(), coeffs.Parts<scalar_t>(sh_degree),
+                                     static_cast<int>(sh_degree), gm2.data_ptr<scalar_t>(),
+                                     gcon.data_ptr<scalar_t>(), gdep.data_ptr<scalar_t>(),
+                                     sh ? grgb.data_ptr<scalar_t>() : nullptr, g_means.data_ptr<scalar_t>(),
+                                     g_quats.data_ptr<scalar_t>(), g_ls.data_ptr<scalar_t>(), g_parts);
   });
-  return {g_means, g_quats, g_ls, g_coeffs};
+  return {g_means, g_quats, g_ls, g_coeffs, g_coeffs_rest};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectForward(
     const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales, const at::Tensor& coeffs,
-    const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy, double cx, double cy,
-    int64_t width, int64_t height, double near, double far, int64_t sh_degree) {
-  CheckInputs(means, quats, log_scales, coeffs, viewmat, center, sh_degree);
-  return ProjectForwardCpu(means, quats, log_scales, coeffs, viewmat, center, fx, fy, cx, cy, width, height, near,
-                           far, sh_degree);
+    const at::Tensor& coeffs_rest, const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy,
+    double cx, double cy, int64_t width, int64_t height, double near, double far, int64_t sh_degree) {
+  CheckInputs(means, quats, log_scales, coeffs, coeffs_rest, viewmat, center, sh_degree);
+  return ProjectForwardCpu(means, quats, log_scales, coeffs, coeffs_rest, viewmat, center, fx, fy, cx, cy, width,
+                           height, near, far, sh_degree);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackward(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackward(
     const at::Tensor& means, const at::Tensor& quats, const at::Tensor& log_scales, const at::Tensor& coeffs,
-    const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy, double cx, double cy,
-    int64_t width, int64_t height, double near, double far, int64_t sh_degree, const at::Tensor& grad_means2d,
-    const at::Tensor& grad_conics, const at::Tensor& grad_depths, const at::Tensor& grad_rgb) {
-  CheckInputs(means, quats, log_scales, coeffs, viewmat, center, sh_degree);
+    const at::Tensor& coeffs_rest, const at::Tensor& viewmat, const at::Tensor& center, double fx, double fy,
+    double cx, double cy, int64_t width, int64_t height, double near, double far, int64_t sh_degree,
+    const at::Tensor& grad_means2d, const at::Tensor& grad_conics, const at::Tensor& grad_depths,
+    const at::Tensor& grad_rgb) {
+  CheckInputs(means, quats, log_scales, coeffs, coeffs_rest, viewmat, center, sh_degree);
   const int64_t N = means.size(0);
   const auto dt = means.scalar_type();
   TORCH_CHECK(grad_means2d.sizes() == at::IntArrayRef({N, 2}) && grad_means2d.scalar_type() == dt,
@@ -524,6 +557,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBackward(
   if (sh_degree >= 0)
     TORCH_CHECK(grad_rgb.sizes() == at::IntArrayRef({N, 3}) && grad_rgb.scalar_type() == dt,
                 "project: grad_rgb must be [N, 3] of means' dtype");
-  return ProjectBackwardCpu(means, quats, log_scales, coeffs, viewmat, center, fx, fy, cx, cy, width, height, near,
-                            far, sh_degree, grad_means2d, grad_conics, grad_depths, grad_rgb);
+  return ProjectBackwardCpu(means, quats, log_scales, coeffs, coeffs_rest, viewmat, center, fx, fy, cx, cy, width,
+                            height, near, far, sh_degree, grad_means2d, grad_conics, grad_depths, grad_rgb);
 }
