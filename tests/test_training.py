@@ -107,7 +107,7 @@ def test_fused_adam_matches_the_reference_implementation():
     start = [torch.randn(50, 3, generator=g), torch.randn(7, generator=g)]
     fused = [torch.nn.Parameter(t.clone()) for t in start]
     ref = [torch.nn.Parameter(t.clone()) for t in start]
-    opt_f = make_adam(fused, 1e-2, "x")
+    opt_f = make_adam([{"params": fused, "lr": 1e-2, "name": "x"}])
     opt_r = torch.optim.Adam([{"params": ref, "lr": 1e-2}], eps=1e-15, foreach=False)
     assert opt_f.defaults["fused"]
     for _ in range(20):
@@ -136,3 +136,36 @@ def test_windowed_view_order_draws_every_view_equally_and_close_together():
     assert draws[:69] != draws[69:]  # each cycle its own order
     assert [sample_view_windowed(views, 4, s, window, repeats) for s in range(30)] == draws[:30]  # stateless
     assert sample_view_windowed(views, 4, 7, 1, 1) == sample_view(views, 4, 7)  # windows of 1, once: epochs
+
+
+def test_one_adam_steps_as_one_adam_per_group_and_loads_that_layout():
+    """All groups in one Adam take the same steps as one Adam per group (the earlier layout), and an
+    optimiser state saved in that layout resumes into the new one exactly."""
+    from moegs.experts import ParamGroup
+    from moegs.train.optim import Optimization, make_adam
+
+    g = torch.Generator().manual_seed(0)
+    start = {"a": torch.randn(40, 3, generator=g), "b": torch.randn(40, generator=g), "c": torch.randn(5, 2, generator=g)}
+    lrs = {"a": 1e-2, "b": 3e-2, "c": 1e-3}
+    mine = {k: torch.nn.Parameter(v.clone()) for k, v in start.items()}
+    theirs = {k: torch.nn.Parameter(v.clone()) for k, v in start.items()}
+    opt = Optimization({k: ParamGroup([p], lrs[k], lrs[k] / 10) for k, p in mine.items()}, max_steps=30)
+    per_group = {k: make_adam([{"params": [p], "lr": lrs[k], "name": k}]) for k, p in theirs.items()}
+    for step in range(10):
+        opt.set_step(step)
+        for k, o in per_group.items():
+            o.param_groups[0]["lr"] = opt.lr_at(k, step)
+        for k in start:
+            grad = torch.randn(start[k].shape, generator=g)
+            mine[k].grad, theirs[k].grad = grad.clone(), grad.clone()
+        opt.step()
+        for o in per_group.values():
+            o.step()
+    for k in start:
+        assert torch.equal(mine[k], theirs[k]), k
+    resumed = Optimization({k: ParamGroup([p], lrs[k], lrs[k] / 10) for k, p in theirs.items()}, max_steps=30)
+    resumed.load_state_dict({k: o.state_dict() for k, o in per_group.items()})
+    for k in start:
+        for m in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(resumed.adam.state[theirs[k]][m], opt.adam.state[mine[k]][m]), (k, m)
+    assert [pg["lr"] for pg in resumed.adam.param_groups] == [pg["lr"] for pg in opt.adam.param_groups]
