@@ -25,7 +25,7 @@ __all__ = ["CanonicalConfig", "Expert", "GaussianLR", "ParamGroup", "SceneInit",
 
 @dataclass
 class ParamGroup:
-    """Parameters optimised together with one Adam and one learning-rate schedule.
+    """Parameters optimised together: one Adam param group, one learning-rate schedule.
 
     The learning rate decays log-linearly from ``lr`` to ``lr_final`` over the
     run (``None`` keeps it constant), after ``delay_steps`` steps at ``lr``.
