@@ -105,7 +105,9 @@ def projection_compare(expert, camera, repeats: int) -> dict[str, float]:
     """Median ms of the torch reference and the fused projection + colour, forward and forward + backward."""
     gs = expert.gaussians_at(float(camera.time))
     sh = gs.is_sh
-    inputs = [x.detach().clone().requires_grad_() for x in (gs.means, gs.quats, gs.log_scales, gs.colors_tensor())]
+    leaf = lambda x: x.detach().clone().requires_grad_()  # noqa: E731
+    colors = tuple(map(leaf, gs.colors)) if isinstance(gs.colors, tuple) else leaf(gs.colors)  # as the expert gives them
+    inputs = [*map(leaf, (gs.means, gs.quats, gs.log_scales)), colors]
     res = {}
     for backend in ("torch", "cpu"):
         for mode in ("fwd", "fwd+bwd"):

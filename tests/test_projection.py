@@ -55,11 +55,18 @@ def make_gaussians(n, camera, *, sh_bases=None, dtype=torch.float32, seed=0):
     return [t.to(dtype) for t in (means, quats, log_scales, colors)]
 
 
-def run(params, camera, backend, sh_degree=None, seed=1, keep=None):
+def run(params, camera, backend, sh_degree=None, seed=1, keep=None, split=None):
     """Outputs and the gradients of a fixed random linear functional of every differentiable output;
-    ``keep`` ``[N, 4]`` bool (optional) zeroes the functional's weights on (Gaussian, output) pairs."""
+    ``keep`` ``[N, 4]`` bool (optional) zeroes the functional's weights on (Gaussian, output) pairs;
+    ``split`` (optional) hands the SH coefficients over as two parts, cut before band ``split`` (their
+    gradients are returned concatenated)."""
     params = [p.detach().clone().requires_grad_() for p in params]
-    proj, rgb = project_and_color(*params, camera, sh_degree=sh_degree, backend=backend)
+    colors = params[3]
+    if split is not None:
+        parts = [params[3][:, :split].detach().clone().requires_grad_(),
+                 params[3][:, split:].detach().clone().requires_grad_()]
+        colors = tuple(parts)
+    proj, rgb = project_and_color(*params[:3], colors, camera, sh_degree=sh_degree, backend=backend)
     outs = (proj.means2d, proj.conics, proj.depths, rgb)
     g = torch.Generator().manual_seed(seed)
     weights = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outs]
@@ -67,7 +74,13 @@ def run(params, camera, backend, sh_degree=None, seed=1, keep=None):
         weights = [w * keep[:, j].reshape(-1, *[1] * (w.dim() - 1)).to(w.dtype) for j, w in enumerate(weights)]
     loss = sum((o * w).sum() for o, w in zip(outs, weights))
     loss.backward()
-    return proj, rgb, [p.grad for p in params]
+    grads = [p.grad for p in params[:3]] + [torch.cat([p.grad for p in parts], 1) if split is not None else params[3].grad]
+    return proj, rgb, grads
+
+
+def _outputs(result):
+    proj, rgb, _ = result
+    return proj.means2d, proj.conics, proj.depths, proj.radii, rgb
 
 
 def rel_err(a, b):
@@ -174,20 +187,11 @@ def test_coefficients_in_two_parts_equal_one_tensor(split, sh_degree):
     """SH coefficients given as two parts along the bands (as experts store sh0 / shN) render and
     differentiate exactly as their concatenation, on both backends; each part gets its slice of the gradient."""
     cam = make_camera()
-    means, quats, log_scales, coeffs = make_gaussians(300, cam, sh_bases=16, seed=4)
+    params = make_gaussians(300, cam, sh_bases=16, seed=4)
     for backend in ("cpu", "torch"):
-        pw, rw, gw = run((means, quats, log_scales, coeffs), cam, backend, sh_degree)
-        parts = [coeffs[:, :split].clone().requires_grad_(), coeffs[:, split:].clone().requires_grad_()]
-        ins = [t.clone().requires_grad_() for t in (means, quats, log_scales)]
-        proj, rgb = project_and_color(*ins, tuple(parts), cam, sh_degree=sh_degree, backend=backend)
-        g = torch.Generator().manual_seed(1)  # run()'s functional
-        outs = (proj.means2d, proj.conics, proj.depths, rgb)
-        sum((o * torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)).sum() for o in outs).backward()
-        for a, b in zip(outs, (pw.means2d, pw.conics, pw.depths, rw)):
+        whole, parts = run(params, cam, backend, sh_degree), run(params, cam, backend, sh_degree, split=split)
+        for a, b in zip((*_outputs(whole), *whole[2]), (*_outputs(parts), *parts[2])):
             assert torch.equal(a, b), backend
-        for a, b in zip([t.grad for t in ins], gw[:3]):
-            assert torch.equal(a, b), backend
-        assert torch.equal(torch.cat([p.grad for p in parts], dim=1), gw[3]), backend
 
 
 def test_float64_gradcheck_with_coefficients_in_two_parts():

@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "project.h"
 
@@ -460,17 +461,14 @@ void CheckInputs(const at::Tensor& means, const at::Tensor& quats, const at::Ten
   }
 }
 
-// The two parts of the coefficients (contiguous copies only where the inputs are not).
-struct Coeffs {
-  at::Tensor a, b;
-  Coeffs(const at::Tensor& a_in, const at::Tensor& b_in, int64_t sh_degree)
-      : a(sh_degree >= 0 ? a_in.contiguous() : a_in), b(sh_degree >= 0 ? b_in.contiguous() : b_in) {}
-  template <typename S>
-  ShParts<const S*> Parts(int64_t sh_degree) const {
-    if (sh_degree < 0) return {nullptr, nullptr, 0, 0};
-    return {a.data_ptr<S>(), b.numel() ? b.data_ptr<S>() : nullptr, a.size(1), b.size(1)};
-  }
-};
+// The ShParts view of two [N, K_i, 3] contiguous tensors (coefficients or their gradients); empty
+// when sh_degree < 0.
+template <typename P>
+ShParts<P> PartsOf(const at::Tensor& a, const at::Tensor& b, int64_t sh_degree) {
+  using S = std::remove_const_t<std::remove_pointer_t<P>>;
+  if (sh_degree < 0) return {nullptr, nullptr, 0, 0};
+  return {a.data_ptr<S>(), b.numel() ? b.data_ptr<S>() : nullptr, a.size(1), b.size(1)};
+}
 
 }  // namespace
 
@@ -480,7 +478,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectFo
     const at::Tensor& center, double fx, double fy, double cx, double cy, int64_t width, int64_t height,
     double near, double far, int64_t sh_degree) {
   const auto means = means_in.contiguous(), quats = quats_in.contiguous(), log_scales = log_scales_in.contiguous();
-  const Coeffs coeffs(coeffs_in, coeffs_rest_in, sh_degree);
+  const auto coeffs = coeffs_in.contiguous(), coeffs_rest = coeffs_rest_in.contiguous();
   const int64_t N = means.size(0);
   auto opts = means.options();
   auto means2d = at::empty({N, 2}, opts), conics = at::empty({N, 3}, opts), depths = at::empty({N}, opts);
@@ -489,7 +487,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectFo
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_forward_cpu", [&] {
     const auto cam = MakeCamera<double, scalar_t>(viewmat, center, fx, fy, cx, cy, width, height, near, far);
     ForwardKernel<scalar_t, double>(cam, N, means.data_ptr<scalar_t>(), quats.data_ptr<scalar_t>(),
-                                    log_scales.data_ptr<scalar_t>(), coeffs.Parts<scalar_t>(sh_degree),
+                                    log_scales.data_ptr<scalar_t>(),
+                                    PartsOf<const scalar_t*>(coeffs, coeffs_rest, sh_degree),
                                     static_cast<int>(sh_degree), means2d.data_ptr<scalar_t>(),
                                     conics.data_ptr<scalar_t>(), depths.data_ptr<scalar_t>(),
                                     radii.data_ptr<int32_t>(), sh_degree >= 0 ? rgb.data_ptr<scalar_t>() : nullptr);
@@ -504,28 +503,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ProjectBa
     double near, double far, int64_t sh_degree, const at::Tensor& grad_means2d_in, const at::Tensor& grad_conics_in,
     const at::Tensor& grad_depths_in, const at::Tensor& grad_rgb_in) {
   const auto means = means_in.contiguous(), quats = quats_in.contiguous(), log_scales = log_scales_in.contiguous();
-  const Coeffs coeffs(coeffs_in, coeffs_rest_in, sh_degree);
+  const auto coeffs = coeffs_in.contiguous(), coeffs_rest = coeffs_rest_in.contiguous();
   const auto gm2 = grad_means2d_in.contiguous(), gcon = grad_conics_in.contiguous();
   const auto gdep = grad_depths_in.contiguous(), grgb = grad_rgb_in.contiguous();
   const int64_t N = means.size(0);
   const bool sh = sh_degree >= 0;
   auto opts = means.options();
   auto g_means = at::empty({N, 3}, opts), g_quats = at::empty({N, 4}, opts), g_ls = at::empty({N, 3}, opts);
-  auto g_coeffs = sh ? at::empty_like(coeffs.a) : at::empty({0}, opts);
-  auto g_coeffs_rest = sh ? at::empty_like(coeffs.b) : at::empty({0}, opts);
+  auto g_coeffs = sh ? at::empty_like(coeffs) : at::empty({0}, opts);
+  auto g_coeffs_rest = sh ? at::empty_like(coeffs_rest) : at::empty({0}, opts);
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "project_backward_cpu", [&] {
     const auto cam = MakeCamera<double, scalar_t>(viewmat, center, fx, fy, cx, cy, width, height, near, far);
-    const ShParts<scalar_t*> g_parts =
-        sh ? ShParts<scalar_t*>{g_coeffs.data_ptr<scalar_t>(),
-                                g_coeffs_rest.numel() ? g_coeffs_rest.data_ptr<scalar_t>() : nullptr,
-                                g_coeffs.size(1), g_coeffs_rest.size(1)}
-           : ShParts<scalar_t*>{nullptr, nullptr, 0, 0};
     BackwardKernel<scalar_t, double>(cam, N, means.data_ptr<scalar_t>(), quats.data_ptr<scalar_t>(),
-                                     log_scales.data_ptr<scalar_t>(), coeffs.Parts<scalar_t>(sh_degree),
+                                     log_scales.data_ptr<scalar_t>(),
+                                     PartsOf<const scalar_t*>(coeffs, coeffs_rest, sh_degree),
                                      static_cast<int>(sh_degree), gm2.data_ptr<scalar_t>(),
                                      gcon.data_ptr<scalar_t>(), gdep.data_ptr<scalar_t>(),
                                      sh ? grgb.data_ptr<scalar_t>() : nullptr, g_means.data_ptr<scalar_t>(),
-                                     g_quats.data_ptr<scalar_t>(), g_ls.data_ptr<scalar_t>(), g_parts);
+                                     g_quats.data_ptr<scalar_t>(), g_ls.data_ptr<scalar_t>(),
+                                     PartsOf<scalar_t*>(g_coeffs, g_coeffs_rest, sh_degree));
   });
   return {g_means, g_quats, g_ls, g_coeffs, g_coeffs_rest};
 }
