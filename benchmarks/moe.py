@@ -13,6 +13,7 @@ each with the same budget. Everything is written under ``--out`` (``results.json
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -24,10 +25,12 @@ import torch  # noqa: E402
 
 from moegs.data import load_scene  # noqa: E402
 from moegs.moe import MoEConfig, evaluate_mixture, load_mixture, train_mixture  # noqa: E402
+from moegs.train.config import from_dict  # noqa: E402
 from moegs.moe.ablation import DESCRIPTIONS, format_table, run_ablation  # noqa: E402
 from moegs.moe.distill import distill, finetune  # noqa: E402
 from moegs.moe.efficiency import efficiency_table, format_efficiency_table  # noqa: E402
-from moegs.moe.prune import DEFAULT_THRESHOLD, gate_prune  # noqa: E402
+from moegs.moe.config import PruneConfig  # noqa: E402
+from moegs.moe.prune import prune_and_finetune  # noqa: E402
 from moegs.moe.viz import render_weight_video, save_weight_figure, usage_histogram  # noqa: E402
 from moegs.train import TrainConfig  # noqa: E402
 from moegs.train.run import train_expert  # noqa: E402
@@ -46,8 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--router", default="full", help="router of the main mixture")
     p.add_argument("--gate", default="linear", help="gate of the main mixture: linear or mlp")
     p.add_argument("--downscale", type=float, default=None, help="image downscale of the scene")
-    p.add_argument("--prune-threshold", type=float, default=DEFAULT_THRESHOLD,
+    p.add_argument("--prune-threshold", type=float, default=PruneConfig.threshold,
                    help="contribution to the blended image (pixels) under which Gaussians go")
+    p.add_argument("--prune-steps", type=int, default=PruneConfig.steps,
+                   help="joint fine-tuning steps after pruning (0: prune only; then use about 0.2 px)")
     p.add_argument("--student", default=None, help="expert fine-tuned from the mixture (default: the best one)")
     p.add_argument("--distill-steps", type=int, default=None, help="fine-tuning steps (default: --expert-steps / 3)")
     p.add_argument("--no-ablation", action="store_true", help="skip the router ablation")
@@ -71,16 +76,19 @@ def main(argv: list[str] | None = None) -> dict:
                                                                    num_frames=args.synthetic_frames))
         if args.downscale is None:
             args.downscale = 1.0  # generated at the size asked for
-    moe_cfg = MoEConfig(router=args.router, gate=args.gate, steps=args.moe_steps, joint_steps=args.joint_steps)
+    moe_cfg = MoEConfig(router=args.router, gate=args.gate, steps=args.moe_steps, joint_steps=args.joint_steps,
+                        prune=PruneConfig(threshold=args.prune_threshold, steps=args.prune_steps))
     moe_cfg.data.downscale = args.downscale
     scene = load_scene(args.scene, moe_cfg.data)
     print(f"scene {scene.name}: {len(scene.train_views)} train / {len(scene.test_views)} test views, "
           f"{scene.resolution()[0]}x{scene.resolution()[1]}", flush=True)
 
     if args.mixture is not None:
-        mixture, _ = load_mixture(args.mixture)
-        eff = efficiency_table(mixture.eval(), scene, prune_threshold=args.prune_threshold,
-                               prune_views=scene.train_views[:: max(1, len(scene.train_views) // 40)])
+        mixture, payload = load_mixture(args.mixture)
+        cfg = from_dict(MoEConfig, payload["config"])
+        cfg.prune = moe_cfg.prune
+        eff = efficiency_table(mixture.eval(), scene,
+                               prune=lambda m: prune_and_finetune(m, scene, cfg, payload["experts"]))
         print("\n== efficiency (test views, same run) ==")
         print(format_efficiency_table(eff))
         (out / "results.json").write_text(json.dumps({"efficiency": eff}, indent=2))
@@ -114,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["experts_vs_mixture"] = rows
     results["gain_over_best_db"] = summary["gain_over_best_db"]
 
-    mixture, _ = load_mixture(out / "mixture" / "checkpoints" / "last.pt")
+    mixture, payload = load_mixture(out / "mixture" / "checkpoints" / "last.pt")
     mixture.eval()
     names = mixture.names
 
@@ -144,28 +152,30 @@ def main(argv: list[str] | None = None) -> dict:
         results["ablation"] = abl
 
     # ------------------------------------------------- efficiency table
-    eff = efficiency_table(mixture, scene, prune_views=scene.train_views[:: max(1, len(scene.train_views) // 40)],
-                           prune_threshold=args.prune_threshold)
+    eff = efficiency_table(mixture, scene, prune=lambda m: prune_and_finetune(m, scene, moe_cfg, payload["experts"]))
     print("\n== efficiency (test views, same run) ==")
     print(format_efficiency_table(eff))
     results["efficiency"] = eff
     mixture_fps = next(r["fps"] for r in eff if r["model"] == "mixture single-pass")
 
     # ------------------------------------------------------------ pruning
-    if mixture.router.uses_gates:
-        before = evals["mixture"]["psnr"]
-        prune_views = scene.train_views[:: max(1, len(scene.train_views) // 40)]
-        report = gate_prune(mixture, prune_views, args.prune_threshold)
-        after = evaluate_mixture(mixture, scene, use_lpips=False)["psnr"]
-        prune = {"threshold": args.prune_threshold, **report, "psnr_before": before, "psnr_after": after,
-                 "psnr_change_db": after - before}
-        print(f"\n== gate-aware pruning (contribution to the blend < {args.prune_threshold} px in "
-              f"{len(prune_views)} training views) ==")
-        print(format_table([{"expert": n, "before": b, "removed": r, "after": a}
-                            for n, b, r, a in zip(names, report["before"], report["removed"], report["after"])]))
-        print(f"test PSNR {before:.3f} -> {after:.3f} dB ({after - before:+.3f})")
-        results["pruning"] = prune
-        mixture, _ = load_mixture(out / "mixture" / "checkpoints" / "last.pt")  # distil the unpruned mixture
+    # Pruned then fine-tuned, against the same fine-tuning of the unpruned mixture (threshold 0 removes
+    # nothing), so that what the fine-tuning alone adds is visible.
+    before = evals["mixture"]["psnr"]
+    prune_rows = []
+    for label, threshold in (("pruned + fine-tuned", args.prune_threshold), ("fine-tuned, not pruned", 0.0)):
+        m = copy.deepcopy(mixture)
+        cfg = copy.deepcopy(moe_cfg)
+        cfg.prune.threshold = threshold
+        report = prune_and_finetune(m, scene, cfg, payload["experts"])
+        m.eval()
+        after = evaluate_mixture(m, scene, use_lpips=False)["psnr"]
+        prune_rows.append({"model": label, "threshold_px": threshold, "steps": args.prune_steps,
+                           "gaussians": sum(report["after"]), "test_psnr": after, "change_db": after - before,
+                           "finetune_s": report["finetune_s"]})
+    print(f"\n== gate-aware pruning (test PSNR of the mixture as trained: {before:.3f} dB) ==")
+    print(format_table(prune_rows))
+    results["pruning"] = prune_rows
 
     # -------------------------------------------------------- distillation
     student = args.student or summary["best_expert"]

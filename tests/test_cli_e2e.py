@@ -55,15 +55,32 @@ def test_train_eval_render_and_mixture(tiny, tmp_path):
          "--out", str(tmp_path / "moe"), "--quiet"])
     moe = json.loads((tmp_path / "moe" / "summary.json").read_text())
     assert moe["router"] == "full" and len(moe["experts"]) == 2 and "gain_over_best_db" in moe
+    # A pruned, fine-tuned copy is a mixture run of its own; the source is left as it was.
+    _ok(["prune", str(tmp_path / "moe"), "--out", str(tmp_path / "pruned"), "--threshold", "0.5", "--steps", "3",
+         "--data", str(tiny), "--set", "data.downscale=1", "--quiet"])
+    pruned = json.loads((tmp_path / "pruned" / "prune.json").read_text())
+    assert pruned["steps"] == 3 and sum(pruned["after"]) < sum(pruned["before"]) and pruned["test_psnr"] > 0
+    from moegs.moe import load_mixture
+
+    m, _ = load_mixture(tmp_path / "pruned" / "checkpoints" / "last.pt")
+    assert [e.splats["means"].shape[0] for e in m.experts] == pruned["after"]
+    src, _ = load_mixture(tmp_path / "moe" / "checkpoints" / "last.pt")
+    assert [e.splats["means"].shape[0] for e in src.experts] == pruned["before"]
+    assert main(["prune", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
 
 
 def test_pipeline_writes_a_report(tiny, tmp_path):
     _ok(["pipeline", str(tiny), "--experts", "static", "spacetime", "--expert-steps", "6", "--moe-steps", "4",
-         "--downscale", "1", "--out", str(tmp_path / "p"), "--quiet"])
+         "--downscale", "1", "--out", str(tmp_path / "p"), "--quiet", "--set", "moe.prune.steps=3"])
     report = (tmp_path / "p" / "report.md").read_text()
     assert "| static |" in report and "mixture (gates)" in report
     data = json.loads((tmp_path / "p" / "report.json").read_text())
     assert len(data["table"]) == 3 and (tmp_path / "p" / data["video"]).exists()
+    # the efficiency table's pruned rows: pruned then fine-tuned, as the line above the table says
+    assert data["pruning"]["steps"] == 3 and "fine-tuned jointly for 3 steps" in report
+    pruned = [r for r in data["efficiency"] if r["model"] == "pruned single-pass"][0]
+    assert pruned["gaussians"] == sum(data["pruning"]["after"])
     for split in ("test", "train"):  # the per-pixel oracle is at least as good as every expert, on every view
         h = data["oracle"][split]
         assert h["oracle_psnr"] >= max(h["expert_psnr"]) - 1e-9 and "| oracle PSNR |" in report

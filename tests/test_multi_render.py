@@ -145,6 +145,31 @@ def test_float64_cpu_equals_k_passes_tightly(backend):
     assert_equal_to_k_passes(params, ids, 3, cam, backend, atol=1e-12, rtol=1e-10)
 
 
+def test_concat_sets_renders_every_set_as_itself(backend):
+    """Sets of SH degree 3 and 1 in (sh0, shN) parts, degree 2 as one tensor and RGB, concatenated for one
+    pass (parts kept, lower degrees padded with zero bands), each equal to its own render."""
+    from moegs.gaussians import GaussianSet, concat_sets
+
+    cam = make_camera(40, 30)
+    sets = []
+    for k, degree in enumerate((3, 1, 2, None)):
+        means, quats, log_scales, opac, colors, _ = random_scene(25 + 5 * k, cam, sh_degree=degree, seed=20 + k)
+        if degree in (3, 1):  # as experts store them; degree 1 keeps all 16 bands, evaluating 4
+            colors = random_scene(25 + 5 * k, cam, sh_degree=3, seed=20 + k)[4] if degree == 1 else colors
+            colors = (colors[:, :1].contiguous(), colors[:, 1:].contiguous())
+        sets.append(GaussianSet(means, quats, log_scales, opac, colors, degree or 0))
+    gs = concat_sets(sets)
+    assert isinstance(gs.colors, tuple) and gs.colors[1].shape == (sum(len(s) for s in sets), 15, 3)
+    ids = torch.repeat_interleave(torch.arange(4), torch.tensor([len(s) for s in sets]))
+    out = rasterize_experts(gs.means, gs.quats, gs.log_scales, gs.opacity_logits, gs.colors, ids, 4, cam,
+                            sh_degree=gs.sh_degree, backend=backend)
+    for k, s in enumerate(sets):
+        ref = s.render(cam, backend=backend)
+        assert torch.allclose(out.color[k], ref.color, atol=2e-6) and torch.allclose(out.alpha[k], ref.alpha, atol=2e-6)
+    rgb_only = concat_sets([sets[3], sets[3]])
+    assert torch.is_tensor(rgb_only.colors) and rgb_only.colors.shape == (2 * len(sets[3]), 1, 3)
+
+
 def test_bad_expert_ids(backend):
     cam = make_camera(8, 8)
     params, ids = expert_scene((5, 5), cam)

@@ -77,22 +77,34 @@ def concat_sets(sets: list[GaussianSet]) -> GaussianSet:
 
     Each set keeps the SH bands of its own degree, padded with zero bands to the largest degree (so
     evaluating the largest degree gives every set exactly its own colour); RGB becomes the DC term.
+    The coefficients stay in two parts, ``(sh0 [N, 1, 3], shN [N, K - 1, 3])``, each concatenated once
+    over the sets (the rasterizer reads them in place), or one ``[N, 1, 3]`` tensor when ``K = 1``.
     """
     k = max(num_sh_bases(s.sh_degree) if s.is_sh else 1 for s in sets)
 
-    def as_sh(s: GaussianSet) -> Tensor:
-        c = s.colors_tensor()
-        c = c[:, : num_sh_bases(s.sh_degree)] if s.is_sh else rgb_to_sh0(c)[:, None]
-        if c.shape[1] == k:  # no padding: the outer cat is the only copy
-            return c
-        return torch.cat((c, c.new_zeros(c.shape[0], k - c.shape[1], 3)), dim=1)
+    def parts(s: GaussianSet) -> tuple[Tensor, Tensor]:
+        if not s.is_sh:
+            dc = rgb_to_sh0(s.colors)[:, None]
+            return dc, dc.new_zeros(dc.shape[0], k - 1, 3)
+        c = s._color_parts()
+        if len(c) == 2 and c[0].shape[1] == 1:  # (sh0, shN) as experts store them: no copy
+            dc, rest = c
+        else:
+            full = s.colors_tensor()
+            dc, rest = full[:, :1], full[:, 1:]
+        rest = rest[:, : num_sh_bases(s.sh_degree) - 1]
+        if rest.shape[1] < k - 1:
+            rest = torch.cat((rest, rest.new_zeros(rest.shape[0], k - 1 - rest.shape[1], 3)), dim=1)
+        return dc, rest
 
+    dc, rest = zip(*(parts(s) for s in sets))
+    dc = torch.cat(dc)
     return GaussianSet(
         means=torch.cat([s.means for s in sets]),
         quats=torch.cat([s.quats for s in sets]),
         log_scales=torch.cat([s.log_scales for s in sets]),
         opacity_logits=torch.cat([s.opacity_logits for s in sets]),
-        colors=torch.cat([as_sh(s) for s in sets]),
+        colors=(dc, torch.cat(rest)) if k > 1 else dc,
         sh_degree=int(round(k**0.5)) - 1,
     )
 

@@ -21,6 +21,7 @@ from .moe import MoEConfig, load_mixture, oracle_headroom, train_mixture
 from .moe.evaluate import ORACLE_BLOCKS
 from .moe.build import spaced_views
 from .moe.efficiency import efficiency_table, format_efficiency_table
+from .moe.prune import prune_and_finetune
 from .moe.viz import render_weight_video, save_weight_figure, usage_histogram
 from .train import TrainConfig
 from .train.run import train_expert
@@ -90,6 +91,7 @@ def run_pipeline(data: str | Path | Scene, config: PipelineConfig, out: str | Pa
         ckpts.append(run / "checkpoints" / "last.pt")
     moe_cfg = config.moe
     moe_cfg.backend = config.backend
+    moe_cfg.data = config.data  # recorded in the mixture's checkpoint: how its scene is read again
     moe_run = out / "mixture"
     moe_summary = _done(moe_run) or train_mixture(ckpts, scene, moe_cfg, moe_run, resume=True, progress=progress)
     report = _report(scene, config, rows, moe_summary, moe_run, out)
@@ -100,7 +102,7 @@ def run_pipeline(data: str | Path | Scene, config: PipelineConfig, out: str | Pa
 
 @torch.no_grad()
 def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict, moe_run: Path, out: Path) -> dict:
-    mixture, _ = load_mixture(moe_run / "checkpoints" / "last.pt")
+    mixture, payload = load_mixture(moe_run / "checkpoints" / "last.pt")
     mixture.eval()
     fig_dir = out / "figures"
     figures = []
@@ -114,8 +116,9 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
     video = render_weight_video(mixture, scene.test_views[0].camera, scene.times, fig_dir / "weights.mp4")
     # Every FPS of the report comes from one interleaved measurement (the efficiency table's),
     # not from timings taken at the end of each training run under different loads.
-    eff = efficiency_table(mixture, scene, prune_views=spaced_views(scene.train_views, len(scene.test_views)),
-                           repeats=1)
+    pruning: dict = {}
+    eff = efficiency_table(mixture, scene, repeats=1, prune=lambda m: pruning.update(
+        prune_and_finetune(m, scene, config.moe, payload["experts"])))
     fps = {r["model"]: r["fps"] for r in eff}
     table = [{"model": n, "test_psnr": r.get("test_psnr"), "test_ssim": r.get("test_ssim"),
               "test_lpips": r.get("test_lpips"), "fps": fps[n],
@@ -156,14 +159,17 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
     lines += [f"![weights]({f})" for f in figures]
     lines += ["", f"Weight-map video of test camera {scene.test_views[0].camera.name}: "
               f"[{video.relative_to(out).as_posix()}]({video.relative_to(out).as_posix()})", ""]
-    lines += ["Efficiency on the test views (FPS on this machine; pruned: gate-aware pruning of a copy):", "", "```",
+    kept = sum(pruning["after"])
+    lines += [f"Efficiency on the test views (FPS on this machine). Pruned: a copy gate-pruned at "
+              f"{pruning['threshold']} px ({kept} of {kept + sum(pruning['removed'])} Gaussians kept), then "
+              f"fine-tuned jointly for {pruning['steps']} steps ({pruning['finetune_s']} s):", "", "```",
               format_efficiency_table(eff), "```", ""]
     lpips_note = next((r.get("test_lpips_note") for r in rows.values() if r.get("test_lpips_note")), None)
     if lpips_note:
         lines.append(f"_{lpips_note}_")
     text = "\n".join(lines) + "\n"
     io.write_text(out / "report.md", text)
-    return {"table": table, "efficiency": eff, "best_expert": best, "gain_over_best_db": gain, "usage": usage["usage"], "oracle": head,
+    return {"table": table, "efficiency": eff, "pruning": pruning, "best_expert": best, "gain_over_best_db": gain, "usage": usage["usage"], "oracle": head,
             "figures": figures, "video": video.relative_to(out).as_posix()}
 
 

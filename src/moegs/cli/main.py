@@ -314,9 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .export import add_parser as add_export
     from .prepare import add_parser as add_prepare
+    from .prune import add_parser as add_prune
     from .view import add_parser as add_view
 
     add_prepare(sub)
+    add_prune(sub)
     add_view(sub)
     add_export(sub)
     return p

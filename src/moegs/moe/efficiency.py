@@ -57,22 +57,21 @@ def _frames_per_second(renderers: dict[str, Callable[[View], Tensor]], views: li
 
 
 def efficiency_table(mixture: Mixture, scene: Scene, *, views: list[View] | None = None,
-                     prune_views: list[View] | None = None, prune_threshold: float = DEFAULT_THRESHOLD,
-                     repeats: int = 3) -> list[dict]:
+                     prune: Callable[[Mixture], object] | None = None, repeats: int = 3) -> list[dict]:
     """Rows ``{"model", "psnr", "ssim", "fps", "gaussians", "mb"}``: each expert alone, the mixture
     (K-pass, single-pass) and a pruned copy of it (K-pass, single-pass).
 
     Args:
         mixture: a trained mixture (left unchanged: pruning acts on a copy).
         scene: the scene; views: where quality and speed are measured (default: its test views).
-        prune_views: views whose contributions decide the pruning (default: the training views).
-        prune_threshold: contribution (pixels) under which a Gaussian is removed (:func:`gate_prune`).
+        prune: prunes the copy in place, e.g. ``lambda m: prune_and_finetune(m, scene, config, metas)``
+            (default: :func:`gate_prune` at ``DEFAULT_THRESHOLD`` over the training views, no fine-tuning).
         repeats: timed rounds over ``views`` (FPS is the best round's).
     """
     views = scene.test_views if views is None else views
     pruned = copy.deepcopy(mixture)
     pruned.clear_cache()
-    gate_prune(pruned, scene.train_views if prune_views is None else prune_views, prune_threshold)
+    (prune or (lambda m: gate_prune(m, scene.train_views, DEFAULT_THRESHOLD)))(pruned)
     models: dict[str, tuple[Callable[[View], Tensor], list[nn.Module]]] = {}
     for name, e in zip(mixture.names, mixture.experts):
         models[name] = (lambda v, e=e: render_expert(e, v.camera, v.time, background=scene.background,

@@ -242,7 +242,7 @@ class Mixture(nn.Module):
             gate_maps = torch.stack([o.extras[..., :C] for o in outs], dim=2) if self.router.uses_gates else None
             extra_maps = torch.stack([o.extras[..., C:] for o in outs]) if extra is not None else None
             meta = {"per_expert": [o.meta for o in outs]}
-        weights, logits = self.router(RouterInputs(t=t, rays=camera.ray_directions(), expert_colors=colors,
+        weights, logits = self.router(RouterInputs(t=t, rays=None, camera=camera, expert_colors=colors,
                                                    gate_maps=gate_maps, origin=camera.center,
                                                    alphas=alphas.permute(1, 2, 0)))
         color = torch.einsum("hwk,khwc->hwc", weights, colors)

@@ -13,18 +13,29 @@ gate. (Thresholding the gates alone is not enough: a low-gated Gaussian can stil
 form the colour of a pixel where its expert has weight.) The expert's ``splats``
 and the gate's per-Gaussian entries are cut with the same mask by
 :mod:`moegs.train.ops` (``remove`` / ``update_params``).
+
+Pruning alone must stay gentle (0.2 px) to keep the image; :func:`prune_and_finetune` prunes harder
+and then fine-tunes experts, gates and router jointly for a few hundred steps (stage 3 of
+:class:`~moegs.moe.MixtureTrainer`), so that the remaining Gaussians take over the work of the removed
+ones, as compact-3DGS methods fine-tune after pruning.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
+
 import torch
 from torch import Tensor
 
-from ..data import View
+from ..data import Scene, View
 from ..train import ops
+from .build import spaced_views
+from .config import MoEConfig
 from .mixture import Mixture
+from .trainer import MixtureTrainer
 
-__all__ = ["DEFAULT_THRESHOLD", "remove_gaussians", "contributions", "gate_prune"]
+__all__ = ["DEFAULT_THRESHOLD", "remove_gaussians", "contributions", "gate_prune", "prune_and_finetune"]
 
 # Contribution (pixels) under which a Gaussian counts as unused. Measured on the demo's mixture (gates
 # router, 3 experts, 160x120, contributions over 24 training views): 0.05 px keeps 32.6k of 60k Gaussians,
@@ -88,3 +99,38 @@ def gate_prune(mixture: Mixture, views: list[View], threshold: float = DEFAULT_T
         before.append(n)
         removed.append(int(mask.sum()))
     return {"before": before, "removed": removed, "after": [b - r for b, r in zip(before, removed)]}
+
+
+def prune_and_finetune(mixture: Mixture, scene: Scene, config: MoEConfig, expert_metas: list[dict], *,
+                       progress: bool = False) -> dict:
+    """Gate-prune ``mixture`` in place (``config.prune``), then fine-tune it jointly on ``scene``.
+
+    Contributions are measured over ``config.prune.views`` evenly spaced training views; the
+    fine-tuning is stage 3 of :class:`~moegs.moe.MixtureTrainer` for ``config.prune.steps`` steps with
+    the experts' learning rates scaled by ``config.prune.lr_scale``, at the temperature the router
+    ended its training with. The experts are frozen again afterwards.
+
+    Args:
+        mixture: a trained mixture whose router uses gates.
+        scene: the scene it was trained on.
+        config: its :class:`~moegs.moe.MoEConfig` (training settings and ``prune``).
+        expert_metas: the experts' metadata as in the mixture's checkpoint (``payload["experts"]``).
+
+    Returns:
+        :func:`gate_prune`'s counts, plus ``threshold``, ``steps`` and ``finetune_s``.
+    """
+    p = config.prune
+    p.check()
+    counts = gate_prune(mixture, spaced_views(scene.train_views, p.views), p.threshold)
+    t0 = time.perf_counter()
+    if p.steps > 0:
+        final = config.temperature if config.temperature_final is None else config.temperature_final
+        tune = dataclasses.replace(config, steps=0, joint_steps=p.steps, joint_lr_scale=p.lr_scale,
+                                   temperature=final, temperature_final=None)
+        was_training = mixture.training
+        mixture.train()
+        with torch.enable_grad():  # callers may be in no_grad mode
+            MixtureTrainer(mixture, scene, tune, expert_metas).train(progress=progress)
+        mixture.train(was_training)
+        mixture.set_experts_trainable(False)
+    return {**counts, "threshold": p.threshold, "steps": p.steps, "finetune_s": round(time.perf_counter() - t0, 1)}
