@@ -106,6 +106,27 @@ def test_weights_sum_to_one(scene, router):
     assert torch.allclose(out.color, torch.einsum("hwk,khwc->hwc", out.weights, out.expert_colors), atol=1e-6)
 
 
+@pytest.mark.parametrize("router", ROUTERS)
+def test_router_inputs_from_a_camera_equal_given_rays(scene, router):
+    from moegs.moe import RouterInputs
+
+    mixture, *_ = make_mixture(scene, router, prior_weight=0.7)
+    cam = scene.test_views[0].camera
+    g = torch.Generator().manual_seed(3)
+    common = dict(t=0.4, expert_colors=torch.rand(2, H, W, 3, generator=g), gate_maps=torch.rand(H, W, 2, 3, generator=g),
+                  origin=cam.center, alphas=torch.rand(H, W, 2, generator=g))
+    with torch.no_grad():
+        for p in mixture.router.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=g))
+        lazy = RouterInputs(rays=None, camera=cam, **common)
+        w, logits = mixture.router(lazy)
+        w_ref, logits_ref = mixture.router(RouterInputs(rays=cam.ray_directions(), **common))
+    assert torch.equal(logits, logits_ref) and torch.allclose(w, w_ref, atol=1e-7)
+    assert (lazy.rays is None) == (router in ("uniform", "image", "gates"))  # made only where read
+    with pytest.raises(ValueError, match="rays or a camera"):
+        RouterInputs(rays=None, **common).directions()
+
+
 def test_uniform_is_the_plain_average(scene):
     mixture, *_ = make_mixture(scene, "uniform")
     with torch.no_grad():

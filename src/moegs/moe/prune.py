@@ -111,7 +111,7 @@ def prune_and_finetune(mixture: Mixture, scene: Scene, config: MoEConfig, expert
     ended its training with. The experts are frozen again afterwards.
 
     Args:
-        mixture: a trained mixture whose router uses gates.
+        mixture: a trained mixture (any router: its weights decide what goes).
         scene: the scene it was trained on.
         config: its :class:`~moegs.moe.MoEConfig` (training settings and ``prune``).
         expert_metas: the experts' metadata as in the mixture's checkpoint (``payload["experts"]``).

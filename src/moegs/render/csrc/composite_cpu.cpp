@@ -573,10 +573,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> CompositeForwardCpu(
     int64_t tiles_y,
     int64_t tile_size) {
   const int64_t D = features.size(1), E = num_experts;
-  auto out = at::zeros({E, height, width, D}, features.options());
-  auto alpha = at::zeros({E, height, width}, features.options());
-  auto final_T = at::ones({E, height, width}, features.options());
-  auto last = at::zeros({E, height, width}, features.options().dtype(at::kInt));
+  // The kernel writes every pixel of every output (a tile without Gaussians writes the empty values).
+  auto out = at::empty({E, height, width, D}, features.options());
+  auto alpha = at::empty({E, height, width}, features.options());
+  auto final_T = at::empty({E, height, width}, features.options());
+  auto last = at::empty({E, height, width}, features.options().dtype(at::kInt));
   const int32_t* eids = expert_ids.numel() ? expert_ids.data_ptr<int32_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "composite_forward_cpu", [&] {
     ForwardKernel<scalar_t>(means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
