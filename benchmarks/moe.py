@@ -4,6 +4,7 @@ gate-aware pruning and distillation, on one scene.
     python benchmarks/moe.py --scene DATA --experts a.pt b.pt [c.pt ...]
     python benchmarks/moe.py --train static hexplane embedding --expert-steps 2000   # generated scene
     python benchmarks/moe.py --scene DATA --mixture mixture/checkpoints/last.pt      # efficiency table only
+    python benchmarks/moe.py --scene demo --experts runs/demo/experts/*/checkpoints/last.pt --router gates
 
 Without ``--scene`` a small generated heterogeneous scene (``moegs.data.synthetic``) is written
 into the output folder. Without ``--experts`` the experts named by ``--train`` are trained first,
@@ -38,7 +39,8 @@ from moegs.train.run import train_expert  # noqa: E402
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--scene", type=Path, help="scene folder (default: generate a small synthetic scene)")
+    p.add_argument("--scene", type=Path, help="scene folder, or demo: the scene of `moegs demo` (default: generate a "
+                                              "small synthetic scene)")
     p.add_argument("--experts", type=Path, nargs="+", help="expert checkpoints (2-5)")
     p.add_argument("--mixture", type=Path, help="a trained mixture checkpoint: write its efficiency table only")
     p.add_argument("--train", nargs="+", default=["static", "hexplane", "embedding"],
@@ -68,6 +70,12 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
 
+    if str(args.scene) == "demo":  # the scene of `moegs demo` (generated and cached on first use)
+        from moegs.data.synthetic import ensure_default_scene
+
+        args.scene = ensure_default_scene()
+        if args.downscale is None:
+            args.downscale = 1.0
     if args.scene is None:
         from moegs.data.synthetic import SyntheticConfig, generate_scene
 
