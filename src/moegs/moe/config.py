@@ -18,9 +18,10 @@ class PruneConfig:
     """Gate-aware pruning of a trained mixture, then joint fine-tuning of what is left
     (:func:`moegs.moe.prune.prune_and_finetune`; the efficiency table's "pruned" rows, ``moegs prune``).
 
-    Measured on the demo's mixture (160x120, 3 experts of 20k Gaussians, ``python benchmarks/moe.py
-    --mixture runs/demo/mixture/checkpoints/last.pt``): pruning alone at 0.2 px keeps 22.8k Gaussians at the
-    unpruned test PSNR, at 1 px 9.7k but costs 2.2 dB; 600 joint steps after pruning at 1 px recover it.
+    Measured on the demo's mixture (160x120, 3 experts of 20k Gaussians, ``python benchmarks/moe.py --scene demo
+    --mixture runs/demo/mixture/checkpoints/last.pt [--prune-threshold PX] [--prune-steps N]``): pruning alone at
+    0.2 px keeps 22.8k Gaussians at the unpruned test PSNR, at 1 px 9.7k but costs 2.2 dB; 600 joint steps after
+    pruning at 1 px win it back (23.54 dB against 23.46 unpruned).
     """
 
     # Contribution (pixels) to the blended image of every sampled view under which a Gaussian goes
