@@ -72,11 +72,18 @@ def test_train_eval_render_and_mixture(tiny, tmp_path):
 
 def test_pipeline_writes_a_report(tiny, tmp_path):
     _ok(["pipeline", str(tiny), "--experts", "static", "spacetime", "--expert-steps", "6", "--moe-steps", "4",
-         "--downscale", "1", "--out", str(tmp_path / "p"), "--quiet", "--set", "moe.prune.steps=3"])
+         "--downscale", "1", "--out", str(tmp_path / "p"), "--quiet", "--set", "moe.prune.steps=3",
+         "--set", "moe.joint_steps=3"])
     report = (tmp_path / "p" / "report.md").read_text()
     assert "| static |" in report and "mixture (gates)" in report
     data = json.loads((tmp_path / "p" / "report.json").read_text())
-    assert len(data["table"]) == 3 and (tmp_path / "p" / data["video"]).exists()
+    assert len(data["table"]) == 4 and (tmp_path / "p" / data["video"]).exists()
+    # stage 3 ran, and beside the mixture stands its fair baseline: the best expert fine-tuned alone as long
+    base = data["stage3_baseline"]
+    assert base["steps"] == 3 and base["expert"] == data["best_expert"] and f"| {base['model']} |" in report
+    mix = json.loads((tmp_path / "p" / "mixture" / "summary.json").read_text())
+    assert data["gain_over_finetuned_best_db"] == pytest.approx(mix["test_psnr"] - base["test_psnr"])
+    assert "what stage 3 must beat" in report
     # the efficiency table's pruned rows: pruned then fine-tuned, as the line above the table says
     assert data["pruning"]["steps"] == 3 and "fine-tuned jointly for 3 steps" in report
     pruned = [r for r in data["efficiency"] if r["model"] == "pruned single-pass"][0]
