@@ -195,7 +195,8 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
     lines += ["", f"Weight-map video of test camera {scene.test_views[0].camera.name}: "
               f"[{video.relative_to(out).as_posix()}]({video.relative_to(out).as_posix()})", ""]
     kept = sum(pruning["after"])
-    lines += [f"Efficiency on the test views (FPS on this machine). Pruned: a copy gate-pruned at "
+    lines += [f"Efficiency on the test views (FPS on this machine; each expert as the mixture holds it"
+              f"{', after its joint steps' if config.moe.joint_steps else ''}). Pruned: a copy gate-pruned at "
               f"{pruning['threshold']} px ({kept} of {kept + sum(pruning['removed'])} Gaussians kept), then "
               f"fine-tuned jointly for {pruning['steps']} steps ({pruning['finetune_s']} s):", "", "```",
               format_efficiency_table(eff), "```", ""]

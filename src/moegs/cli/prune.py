@@ -53,7 +53,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory of the pruned mixture (checkpoints/last.pt, prune.json)")
     p.add_argument("--threshold", type=float, metavar="PX",
                    help="contribution to the blended image (pixels) under which a Gaussian goes (default 1.0)")
-    p.add_argument("--steps", type=int, help="joint fine-tuning steps after pruning (default 600; 0: prune only)")
+    p.add_argument("--steps", type=int, help="joint fine-tuning steps after pruning (default 400; 0: prune only)")
     p.add_argument("--views", type=int, help="training views whose contributions decide (default 24)")
     p.add_argument("--lr-scale", type=float, help="the experts' learning rates are scaled by this (default 0.3)")
     p.add_argument("--data", help="scene folder (default: the one the experts were trained on)")

@@ -58,8 +58,9 @@ def _frames_per_second(renderers: dict[str, Callable[[View], Tensor]], views: li
 
 def efficiency_table(mixture: Mixture, scene: Scene, *, views: list[View] | None = None,
                      prune: Callable[[Mixture], object] | None = None, repeats: int = 3) -> list[dict]:
-    """Rows ``{"model", "psnr", "ssim", "fps", "gaussians", "mb"}``: each expert alone, the mixture
-    (K-pass, single-pass) and a pruned copy of it (K-pass, single-pass).
+    """Rows ``{"model", "psnr", "ssim", "fps", "gaussians", "mb"}``: each of the mixture's experts alone (as the
+    mixture holds them: after stage 3, fine-tuned with it), the mixture (K-pass, single-pass) and a pruned copy
+    of it (K-pass, single-pass).
 
     Args:
         mixture: a trained mixture (left unchanged: pruning acts on a copy).
