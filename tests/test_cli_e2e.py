@@ -68,6 +68,10 @@ def test_train_eval_render_and_mixture(tiny, tmp_path):
     assert [e.splats["means"].shape[0] for e in src.experts] == pruned["before"]
     assert main(["prune", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+    before = (tmp_path / "moe" / "checkpoints" / "last.pt").read_bytes()
+    assert main(["prune", str(tmp_path / "moe"), "--out", str(tmp_path / "moe"), "--quiet"]) == 2  # never over its source
+    assert main(["prune", str(tmp_path / "moe"), "--out", str(tmp_path / "y"), "--threshold", "-1", "--quiet"]) == 2
+    assert (tmp_path / "moe" / "checkpoints" / "last.pt").read_bytes() == before and not (tmp_path / "y").exists()
 
 
 def test_pipeline_writes_a_report(tiny, tmp_path):

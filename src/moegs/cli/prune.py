@@ -21,6 +21,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from ..train.config import from_dict, to_dict
 
     ckpt = resolve_checkpoint(args.mixture)
+    out = Path(args.out)
+    if (out / "checkpoints").resolve() == ckpt.parent.resolve():
+        raise ConfigError(f"{out}: that is the mixture's own run; give the pruned copy another folder")
     mixture, payload = load_mixture(ckpt)
     cfg = from_dict(MoEConfig, payload["config"])
     for flag, name in (("threshold", "threshold"), ("steps", "steps"), ("views", "views"), ("lr_scale", "lr_scale")):
@@ -32,7 +35,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if not data:
         raise ConfigError(f"{ckpt}: the scene it was trained on is unknown; give it with --data")
     scene = load_scene(data, cfg.data)
-    out = Path(args.out)
     report = prune_and_finetune(mixture, scene, cfg, payload["experts"], progress=not args.quiet)
     save_mixture(out / "checkpoints" / "last.pt", mixture, cfg, payload["experts"])
     res = evaluate_mixture(mixture, scene, use_lpips=False)
