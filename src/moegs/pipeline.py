@@ -109,14 +109,15 @@ def run_pipeline(data: str | Path | Scene, config: PipelineConfig, out: str | Pa
 def _stage3_baseline(scene: Scene, config: PipelineConfig, rows: dict, ckpts: list[Path], out: Path,
                      progress: bool) -> dict:
     """The best expert fine-tuned alone for the mixture's joint steps at the same learning-rate scale: what
-    stage 3 must beat for the mixture's gain to be its own (``out/baseline/summary.json``; skipped when done)."""
+    stage 3 must beat for the mixture's gain to be its own (``out/baseline/summary.json``; skipped when done for
+    the same expert and steps)."""
     run = out / "baseline"
-    done = _done(run)
-    if done is not None:
-        return done
     best = max(rows, key=lambda n: rows[n].get("test_psnr") or float("-inf"))
-    expert, _ = load_expert(ckpts[list(rows).index(best)])
     J = config.moe.joint_steps
+    done = _done(run)
+    if done is not None and done.get("expert") == best and done.get("steps") == J:
+        return done
+    expert, _ = load_expert(ckpts[list(rows).index(best)])
     _, res = finetune(expert, scene, J, expert_train_config(config, best), lr_scale=config.moe.joint_lr_scale,
                       progress=progress)
     summary = {"model": f"{best} + {J} steps alone", "expert": best, "steps": J, "test_psnr": res.get("psnr"),
