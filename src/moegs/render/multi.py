@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Camera
-from . import Backend, eval_colors, finish_render, resolve_backend
+from . import Backend, Colors, eval_colors, finish_render, resolve_backend
 from ._torch_impl import composite_torch
 from .projection import TileBins, bin_gaussians, project_and_color
 
@@ -107,7 +107,7 @@ def prepare_experts(
     quats: Tensor,  # [N, 4]
     log_scales: Tensor,  # [N, 3]
     opacity_logits: Tensor,  # [N]
-    colors: Tensor,  # [N, 3] or [N, B, 3]
+    colors: Colors,  # [N, 3], [N, B, 3] SH coefficients, or those in two parts
     expert_ids: Tensor,  # [N] int
     num_experts: int,
     camera: Camera,
@@ -200,7 +200,7 @@ def rasterize_experts(
     quats: Tensor,  # [N, 4]
     log_scales: Tensor,  # [N, 3]
     opacity_logits: Tensor,  # [N]
-    colors: Tensor,  # [N, 3] or [N, B, 3]
+    colors: Colors,  # [N, 3], [N, B, 3] SH coefficients, or those in two parts
     expert_ids: Tensor,  # [N] int
     num_experts: int,
     camera: Camera,
@@ -218,7 +218,8 @@ def rasterize_experts(
     Args:
         means, quats, log_scales, opacity_logits: ``[N, 3]``, ``[N, 4]``, ``[N, 3]``, ``[N]``, all experts'
             Gaussians concatenated (any order).
-        colors: ``[N, 3]`` RGB or ``[N, B, 3]`` SH coefficients. Experts of different SH degrees are
+        colors: ``[N, 3]`` RGB or ``[N, B, 3]`` SH coefficients, also as two parts along the bands
+            (:data:`~moegs.render.projection.Colors`, read in place). Experts of different SH degrees are
             rendered exactly by padding the lower-degree experts' coefficients with zero bands
             (``moegs.gaussians.concat_sets`` does so).
         expert_ids: ``[N]`` integer expert of each Gaussian, in ``[0, num_experts)``.
