@@ -155,14 +155,23 @@ def _neighbour_graph(n: int, k: int, dtype: torch.dtype):
     return idx, torch.exp(-20.0 * d2)
 
 
-def test_knn_smoothness_matches_autograd_formulation():
+@pytest.fixture(params=("torch", "cpu"))
+def smoothness_backend(request):
+    from moegs.experts import _smoothness_cpu
+
+    if request.param == "cpu" and not _smoothness_cpu._SMOOTHNESS.available():
+        pytest.skip(f"compiled smoothness unavailable: {_smoothness_cpu._SMOOTHNESS.error()}")
+    return request.param
+
+
+def test_knn_smoothness_matches_autograd_formulation(smoothness_backend):
     idx, w = _neighbour_graph(200, 6, torch.float64)
     emb = torch.randn(200, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     emb[[3, 7]] = emb[idx[0, :2]]  # clones: identical embeddings, a zero difference in some pairs
     emb[idx[11, 0]] = emb[11]
     leaf = [emb.clone().requires_grad_() for _ in range(2)]
     ref = _smoothness_autograd(leaf[0], idx, w)
-    got = knn_smoothness(leaf[1], idx, w, neighbour_scatter(idx, 200, torch.float64))
+    got = knn_smoothness(leaf[1], idx, w, neighbour_scatter(idx, 200, torch.float64), backend=smoothness_backend)
     (ref * 1.7).backward()
     (got * 1.7).backward()
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
@@ -170,15 +179,44 @@ def test_knn_smoothness_matches_autograd_formulation():
     # float32, as the expert runs it
     idx32, w32 = idx, w.float()
     e32 = emb.float().requires_grad_()
-    knn_smoothness(e32, idx32, w32, neighbour_scatter(idx32, 200)).backward()
+    knn_smoothness(e32, idx32, w32, neighbour_scatter(idx32, 200), backend=smoothness_backend).backward()
     torch.testing.assert_close(e32.grad, leaf[0].grad.float() / 1.7, rtol=1e-4, atol=1e-8)
 
 
-def test_knn_smoothness_gradcheck():
+def test_knn_smoothness_gradcheck(smoothness_backend):
     idx, w = _neighbour_graph(30, 4, torch.float64)
     emb = torch.randn(30, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(6)).requires_grad_()
     scatter = neighbour_scatter(idx, 30, torch.float64)
-    assert torch.autograd.gradcheck(lambda e: knn_smoothness(e, idx, w, scatter), (emb,))
+    assert torch.autograd.gradcheck(lambda e: knn_smoothness(e, idx, w, scatter, backend=smoothness_backend), (emb,))
+
+
+def test_compiled_knn_smoothness_equals_the_reference_and_ignores_the_thread_count():
+    from moegs.experts import _smoothness_cpu
+
+    if not _smoothness_cpu._SMOOTHNESS.available():
+        pytest.skip(f"compiled smoothness unavailable: {_smoothness_cpu._SMOOTHNESS.error()}")
+    idx, w = _neighbour_graph(3000, 20, torch.float32)
+    emb = torch.randn(3000, 32, generator=torch.Generator().manual_seed(7))
+    scatter = neighbour_scatter(idx, 3000)
+    grads, values = [], []
+    for backend, threads in (("torch", 2), ("cpu", 1), ("cpu", 2), ("cpu", 3)):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            e = emb.clone().requires_grad_()
+            v = knn_smoothness(e, idx, w, scatter, backend=backend)
+            v.backward()
+        finally:
+            torch.set_num_threads(before)
+        values.append(v.detach())
+        grads.append(e.grad)
+    torch.testing.assert_close(values[1], values[0], rtol=1e-6, atol=0)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-9)
+    assert torch.equal(grads[1], grads[2]) and torch.equal(grads[1], grads[3])  # bitwise, whatever the threads
+    with pytest.raises(RuntimeError, match="idx must lie"):
+        knn_smoothness(emb, torch.full_like(idx, 3000), w, scatter, backend="cpu")
+    with pytest.raises(ValueError, match="unknown smoothness backend"):
+        knn_smoothness(emb, idx, w, scatter, backend="gpu")
 
 
 def test_densification_moves_embeddings_with_their_gaussians():

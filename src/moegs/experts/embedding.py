@@ -43,6 +43,7 @@ from torch.autograd.function import once_differentiable
 
 from ..gaussians import GaussianSet, init_splats, knn
 from ..render import num_sh_bases
+from . import _smoothness_cpu
 from .base import ParamGroup, SceneInit
 from .base import CanonicalConfig, StepClock, splat_param_groups
 
@@ -147,12 +148,15 @@ def knn_smoothness(
     idx: Tensor,  # [N, k]
     w: Tensor,  # [N, k]
     scatter: Tensor,  # [N, N * k] sparse CSR
+    backend: str = "auto",
 ) -> Tensor:
     """``mean_ij sqrt(w_ij |emb[idx_ij] - emb_i|^2 + 1e-20)``: the weighted L2 embedding smoothness.
 
-    Equal to the autograd formulation with an ``[N, k, D]`` neighbour gather, with a hand-written
-    backward that sums the neighbours' gradients with ``scatter`` (:func:`neighbour_scatter` of ``idx``,
-    in ``w``'s dtype) instead of autograd's index-add, and fewer ``[N, k, D]`` temporaries.
+    ``backend="torch"`` (the reference) equals the autograd formulation with an ``[N, k, D]`` neighbour
+    gather, with a hand-written backward that sums the neighbours' gradients with ``scatter``
+    (:func:`neighbour_scatter` of ``idx``, in ``w``'s dtype) instead of autograd's index-add, and fewer
+    ``[N, k, D]`` temporaries. ``"cpu"`` is the compiled op (:mod:`moegs.experts._smoothness_cpu`: no
+    ``[N, k, D]`` tensor at all); ``"auto"`` takes it for float32/float64 CPU tensors when it builds.
 
     Args:
         emb: ``[N, D]`` embeddings (differentiable); idx: ``[N, k]`` neighbour indices; w: ``[N, k]``
@@ -161,6 +165,12 @@ def knn_smoothness(
     Returns:
         A scalar.
     """
+    if backend not in ("auto", "cpu", "torch"):
+        raise ValueError(f"unknown smoothness backend {backend!r}; choose from auto, cpu, torch")
+    if backend == "cpu" or (backend == "auto" and emb.device.type == "cpu"
+                            and emb.dtype in (torch.float32, torch.float64)
+                            and _smoothness_cpu.usable("the embedding smoothness runs with torch ops")):
+        return _smoothness_cpu.smoothness_cpu(emb, idx, w, scatter)
     return _KnnSmoothness.apply(emb, idx, w, scatter)
 
 

@@ -121,11 +121,12 @@ class NativeExtension:
 NATIVE = NativeExtension(
     "native_cpu",
     ("ext.cpp", "composite_cpu.cpp", "project_cpu.cpp", "bin_cpu.cpp", "hexplane_cpu.cpp", "motion_cpu.cpp",
-     "ssim_cpu.cpp"),
-    ("composite.h", "project.h", "hexplane.h", "motion.h", "ssim.h"),
+     "smoothness_cpu.cpp", "ssim_cpu.cpp"),
+    ("composite.h", "project.h", "hexplane.h", "motion.h", "smoothness.h", "ssim.h"),
     "native CPU ops",
 )
-"""Every native op family, one submodule each (``composite``, ``project``, ``hexplane``, ``motion``, ``ssim``)."""
+"""Every native op family, one submodule each (``composite``, ``project``, ``hexplane``, ``motion``, ``smoothness``,
+``ssim``)."""
 
 
 class NativeOps:

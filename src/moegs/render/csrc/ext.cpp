@@ -9,6 +9,7 @@
 #include "hexplane.h"
 #include "motion.h"
 #include "project.h"
+#include "smoothness.h"
 #include "ssim.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -31,6 +32,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   motion.def("keyframe_backward", &KeyframeMotionBackward, "Keyframe (Ex4DGS) motion at one time, backward (CPU)");
   motion.def("spacetime_forward", &SpacetimeMotionForward, "Spacetime (STG) motion at one time, forward (CPU)");
   motion.def("spacetime_backward", &SpacetimeMotionBackward, "Spacetime (STG) motion at one time, backward (CPU)");
+
+  auto smoothness = m.def_submodule("smoothness", "Fused neighbour smoothness of per-Gaussian vectors (CPU)");
+  smoothness.def("forward", &SmoothnessForward, "Per-pair smoothness terms, forward (CPU)");
+  smoothness.def("backward", &SmoothnessBackward, "Gradient of their mean (CPU)");
 
   auto ssim = m.def_submodule("ssim", "Fused SSIM (CPU)");
   ssim.def("forward", &SsimForward, "Fused SSIM, forward (CPU)");
