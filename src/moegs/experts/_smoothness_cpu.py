@@ -1,9 +1,10 @@
 """Fused neighbour smoothness of per-Gaussian vectors: one compiled C++/OpenMP pass each way.
 
 Written with torch ops, E-D3DGS's embedding smoothness gathers an ``[N, k, D]`` tensor of
-neighbour differences and makes several more of that size forward and backward (for the demo's
-8k Gaussians, 20 neighbours and 32 channels, about 19 ms of a 59 ms training step); this op
-gathers the rows it needs in each pass and keeps only the ``[N, k]`` per-pair terms. The
+neighbour differences and makes several more of that size forward and backward, the largest cost of
+the expert's training step besides its networks (``python benchmarks/train_step.py --experts
+embedding``); this op gathers the rows it needs in each pass and keeps only the ``[N, k]`` per-pair
+terms. The
 reference with the same semantics is :func:`moegs.experts.embedding.knn_smoothness` with
 ``backend="torch"``.
 
