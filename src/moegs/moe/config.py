@@ -122,11 +122,14 @@ class MoEConfig:
     # W views, each view of a window stage2_repeats times before the next window (the same draws per
     # view as stage2_repeats epochs), so that the cache serves all but a view's first draw in its
     # window (moegs.train.sampler.sample_view_windowed). Keep W views' cache entries within
-    # render_cache_mb (about 36 MB per view for the demo's 3 experts at 160x120). Measured with the demo's
-    # experts (800 steps, at 80x60): 8 x 2 gives the test PSNR of epochs (23.46 vs 23.44 dB) in 74 s
-    # instead of 201 s; 8 x 4 is faster (55 s), but its clustered draws cost 0.09 dB.
+    # render_cache_mb (about 36 MB per view for the demo's 3 experts at 160x120). A view's first draw builds
+    # its entry (about a full step's work), the others reuse it. Measured with the demo's experts and the
+    # gates router, 800 steps at 160x120 (`moegs train-moe SCENE --experts ... --router gates --steps 800
+    # --set stage2_repeats=R`, train s and test PSNR of its summary): 8 x 2 in 34.3 s, 23.460 dB; 8 x 3 in
+    # 27.4 s, 23.445 dB; 8 x 4 in 21.4 s, 23.419 dB; one pass per expert without the cache
+    # (`--set single_pass=false --set render_cache_mb=0`) takes 67.3 s.
     stage2_window: int = 8
-    stage2_repeats: int = 2
+    stage2_repeats: int = 3
     # Device: auto (cuda if available), cpu or cuda.
     device: str = "auto"
     # Evaluate the mixture (and, with eval_experts, each expert alone) on the test views at the end.
