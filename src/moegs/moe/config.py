@@ -21,9 +21,9 @@ class PruneConfig:
     Measured on the demo's mixture (160x120, 3 experts of 20k Gaussians, ``python benchmarks/moe.py --scene demo
     --mixture runs/demo/mixture/checkpoints/last.pt [--prune-threshold PX] [--prune-steps N]``): pruning alone at
     0.2 px keeps 22.8k Gaussians at the unpruned test PSNR, at 1 px 9.9k but costs 2.2 dB. Fine-tuning after
-    pruning at 1 px wins it back: on the mixture after stage 3 (23.63 dB), 400 steps give 23.69 dB, 600 steps
-    23.56 and 1000 steps 23.51 (more steps fit the training views closer than the held-out camera), so the
-    default is as many as the pipeline's stage 3.
+    pruning at 1 px wins it back: on the mixture after stage 3 (23.63 dB; its stage 2 drawing each view twice),
+    400 steps give 23.69 dB, 600 steps 23.56 and 1000 steps 23.51 (more steps fit the training views closer than
+    the held-out camera), so the default is as many as the pipeline's stage 3.
     """
 
     # Contribution (pixels) to the blended image of every sampled view under which a Gaussian goes
