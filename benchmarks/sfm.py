@@ -8,6 +8,7 @@
    budget: test PSNR on the held-out camera cam00 of each.
 
     python benchmarks/sfm.py [--cameras 8] [--width 384] [--steps 1000] [--expert static] [--out DIR]
+    python benchmarks/sfm.py --capture demo --width 160       # the same on the scene of `moegs demo`
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np  # noqa: E402
 from moegs.data import DataConfig, load_scene  # noqa: E402
 from moegs.data.n3v import umeyama  # noqa: E402
 from moegs.data.prepare import prepare_videos  # noqa: E402
+from moegs.data.synthetic import SyntheticConfig, generate_scene  # noqa: E402
 from moegs.data.textured import surface_distance, write_blob_scene  # noqa: E402
 from moegs.train import TrainConfig  # noqa: E402
 from moegs.train.run import train_expert  # noqa: E402
@@ -58,13 +60,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=0, help="train an expert on both folders for this many steps (0: no)")
     p.add_argument("--expert", default="static")
     p.add_argument("--out", help="keep the generated folders here (default: a temporary folder)")
+    p.add_argument("--capture", choices=("textured", "demo"), default="textured",
+                   help="textured: the blob capture of moegs.data.textured (known surfaces, --cameras); demo: the "
+                        "heterogeneous scene of `moegs demo` (its 10 cameras) rendered at --width")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="moegs-sfm-bench-") as tmp:
         out = Path(args.out) if args.out else Path(tmp)
         original, videos = out / "original", out / "prepared"
         for d in (original, videos):
             shutil.rmtree(d, ignore_errors=True)
-        gs, cams = write_blob_scene(original, args.cameras, args.width, args.width * 3 // 4)
+        if args.capture == "demo":
+            gs, cams = None, None
+            generate_scene(original, SyntheticConfig(width=args.width, height=args.width * 3 // 4))
+        else:
+            gs, cams = write_blob_scene(original, args.cameras, args.width, args.width * 3 // 4)
         videos.mkdir(parents=True)
         for f in original.glob("cam*.mp4"):
             shutil.copy(f, videos / f.name)
@@ -73,10 +82,15 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         scene = load_scene(original, cfg)
         sfm_s = time.perf_counter() - t
-        d = surface_distance(scene.points, gs)
-        print(f"SfM points, true cameras: {len(scene.points)} points in {sfm_s:.1f} s; distance to the known surfaces: "
-              f"median {float(d.median()):.4f}, 90th percentile {float(d.quantile(0.9)):.4f}, "
-              f"{100 * float((d > 0.1).float().mean()):.2f} % beyond 0.1 (scene depth ~5)")
+        if cams is None:  # the generated scene's true cameras, as its poses file gives them: one per video
+            cams = list({v.camera.name: v.camera for v in scene.views}.values())
+        if gs is not None:
+            d = surface_distance(scene.points, gs)
+            print(f"SfM points, true cameras: {len(scene.points)} points in {sfm_s:.1f} s; distance to the known "
+                  f"surfaces: median {float(d.median()):.4f}, 90th percentile {float(d.quantile(0.9)):.4f}, "
+                  f"{100 * float((d > 0.1).float().mean()):.2f} % beyond 0.1 (scene depth ~5)")
+        else:
+            print(f"SfM points, true cameras: {len(scene.points)} points in {sfm_s:.1f} s")
 
         t = time.perf_counter()
         summary = prepare_videos(videos, progress=False)
