@@ -159,8 +159,8 @@ def _neighbour_graph(n: int, k: int, dtype: torch.dtype):
 def smoothness_backend(request):
     from moegs.experts import _smoothness_cpu
 
-    if request.param == "cpu" and not _smoothness_cpu._SMOOTHNESS.available():
-        pytest.skip(f"compiled smoothness unavailable: {_smoothness_cpu._SMOOTHNESS.error()}")
+    if request.param == "cpu" and not _smoothness_cpu.SMOOTHNESS.available():
+        pytest.skip(f"compiled smoothness unavailable: {_smoothness_cpu.SMOOTHNESS.error()}")
     return request.param
 
 
@@ -193,8 +193,8 @@ def test_knn_smoothness_gradcheck(smoothness_backend):
 def test_compiled_knn_smoothness_equals_the_reference_and_ignores_the_thread_count():
     from moegs.experts import _smoothness_cpu
 
-    if not _smoothness_cpu._SMOOTHNESS.available():
-        pytest.skip(f"compiled smoothness unavailable: {_smoothness_cpu._SMOOTHNESS.error()}")
+    if not _smoothness_cpu.SMOOTHNESS.available():
+        pytest.skip(f"compiled smoothness unavailable: {_smoothness_cpu.SMOOTHNESS.error()}")
     idx, w = _neighbour_graph(3000, 20, torch.float32)
     emb = torch.randn(3000, 32, generator=torch.Generator().manual_seed(7))
     scatter = neighbour_scatter(idx, 3000)

@@ -158,8 +158,8 @@ def test_auto_uses_the_native_sampler_and_keeps_the_parameters():
 def test_auto_falls_back_to_grid_sample_when_the_sampler_cannot_build(monkeypatch):
     field = make_field()
     coords = make_coords(50)
-    monkeypatch.setattr(_hexplane_cpu._HEXPLANE, "available", lambda: False)
-    monkeypatch.setattr(_hexplane_cpu._HEXPLANE, "_warned", False)
+    monkeypatch.setattr(_hexplane_cpu.HEXPLANE, "available", lambda: False)
+    monkeypatch.setattr(_hexplane_cpu.HEXPLANE, "_warned", False)
     with pytest.warns(UserWarning, match="HexPlane sampler is unavailable"):
         out = field(coords)
     assert torch.equal(out, field(coords, backend="torch"))

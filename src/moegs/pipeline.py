@@ -45,7 +45,7 @@ class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     # Mixture training (router, gates, stages). The gates router (no decoder) realised the most of the
     # oracle's headroom on held-out cameras of the demo scene (benchmarks/router_study.py; README "Routers").
-    # Stage 3 is on: on the demo's experts 400 joint steps take the mixture from 23.46 to 23.63 dB while the
+    # Stage 3 is on: on the demo's experts 400 joint steps take the mixture from 23.45 to 23.63 dB while the
     # best expert fine-tuned alone as long reaches 23.53 (`python benchmarks/router_study.py --pipeline runs/demo
     # --variants gates --joint-steps 400`); the report gives that baseline beside the mixture.
     moe: MoEConfig = field(default_factory=lambda: MoEConfig(steps=800, router="gates", joint_steps=400))

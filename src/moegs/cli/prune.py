@@ -19,6 +19,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from ..train import apply_overrides
     from ..train.checkpoint import resolve_checkpoint
     from ..train.config import from_dict, to_dict
+    from .main import _set_given
 
     ckpt = resolve_checkpoint(args.mixture)
     out = Path(args.out)
@@ -26,9 +27,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigError(f"{out}: that is the mixture's own run; give the pruned copy another folder")
     mixture, payload = load_mixture(ckpt)
     cfg = from_dict(MoEConfig, payload["config"])
-    for flag, name in (("threshold", "threshold"), ("steps", "steps"), ("views", "views"), ("lr_scale", "lr_scale")):
-        if getattr(args, flag) is not None:
-            setattr(cfg.prune, name, getattr(args, flag))
+    _set_given(cfg.prune, args, {"threshold": "threshold", "steps": "steps", "views": "views", "lr_scale": "lr_scale"})
     apply_overrides(cfg, args.set or [])
     cfg.check()
     data = args.data or mixture_scene_path(payload)

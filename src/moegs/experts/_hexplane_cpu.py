@@ -18,15 +18,14 @@ from torch.autograd.function import once_differentiable
 
 from ..render._cpu import NATIVE, NativeOps
 
-__all__ = ["available", "build_error", "sample_planes_cpu"]
+__all__ = ["HEXPLANE", "available", "build_error", "sample_planes_cpu"]
 
-_HEXPLANE = NativeOps(NATIVE, "hexplane", "CPU HexPlane sampler")
+HEXPLANE = NativeOps(NATIVE, "hexplane", "CPU HexPlane sampler")
 
 
-available = _HEXPLANE.available
-build_error = _HEXPLANE.error
-usable = _HEXPLANE.usable
-_require = _HEXPLANE.require
+available = HEXPLANE.available
+build_error = HEXPLANE.error
+_require = HEXPLANE.require
 
 
 class _HexPlaneCpu(torch.autograd.Function):

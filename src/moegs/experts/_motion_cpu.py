@@ -27,16 +27,9 @@ _require = _MOTION.require
 
 
 def use_native(backend: str, x: Tensor) -> bool:
-    """Whether an expert's ``motion(t, backend)`` runs the fused op for parameters like ``x``.
-
-    ``"cpu"``: always; ``"torch"``: never (the reference); ``"auto"``: for float32/float64 CPU tensors when the
-    extension builds (warning once when it does not). Any other name is a ``ValueError``.
-    """
-    if backend not in ("auto", "cpu", "torch"):
-        raise ValueError(f"unknown motion backend {backend!r}; choose from auto, cpu, torch")
-    return backend == "cpu" or (backend == "auto" and x.device.type == "cpu"
-                                and x.dtype in (torch.float32, torch.float64)
-                                and _MOTION.usable("moving the Gaussians with torch ops"))
+    """Whether an expert's ``motion(t, backend)`` runs the fused op for parameters like ``x``
+    (:meth:`~moegs.render._cpu.NativeOps.chooses`)."""
+    return _MOTION.chooses(backend, x, "moving the Gaussians with torch ops")
 
 
 class _KeyframeMotion(torch.autograd.Function):

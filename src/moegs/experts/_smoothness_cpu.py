@@ -20,11 +20,11 @@ from torch.autograd.function import once_differentiable
 
 from ..render._cpu import NATIVE, NativeOps
 
-__all__ = ["usable", "smoothness_cpu"]
+__all__ = ["SMOOTHNESS", "smoothness_cpu"]
 
-_SMOOTHNESS = NativeOps(NATIVE, "smoothness", "CPU neighbour smoothness")
-usable = _SMOOTHNESS.usable
-_require = _SMOOTHNESS.require
+SMOOTHNESS = NativeOps(NATIVE, "smoothness", "CPU neighbour smoothness")
+"""The op family (``SMOOTHNESS.chooses(backend, x, ...)`` picks it or the reference)."""
+_require = SMOOTHNESS.require
 
 
 class _Smoothness(torch.autograd.Function):

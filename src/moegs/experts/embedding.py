@@ -165,11 +165,7 @@ def knn_smoothness(
     Returns:
         A scalar.
     """
-    if backend not in ("auto", "cpu", "torch"):
-        raise ValueError(f"unknown smoothness backend {backend!r}; choose from auto, cpu, torch")
-    if backend == "cpu" or (backend == "auto" and emb.device.type == "cpu"
-                            and emb.dtype in (torch.float32, torch.float64)
-                            and _smoothness_cpu.usable("the embedding smoothness runs with torch ops")):
+    if _smoothness_cpu.SMOOTHNESS.chooses(backend, emb, "the embedding smoothness runs with torch ops"):
         return _smoothness_cpu.smoothness_cpu(emb, idx, w, scatter)
     return _KnnSmoothness.apply(emb, idx, w, scatter)
 

@@ -156,15 +156,10 @@ class HexPlaneField(nn.Module):
         ``backend``: ``"cpu"`` the fused native sampler (``_hexplane_cpu``), ``"torch"`` the
         ``grid_sample`` reference, ``"auto"`` the native one for float32/float64 CPU tensors when it builds.
         """
-        sample = sample_planes_torch
-        if backend not in ("auto", "cpu", "torch"):
-            raise ValueError(f"unknown HexPlane backend {backend!r}; choose from auto, cpu, torch")
-        native_ok = coords.device.type == "cpu" and coords.dtype in (torch.float32, torch.float64)
-        if backend == "cpu" or (backend == "auto" and native_ok):
-            from . import _hexplane_cpu
+        from . import _hexplane_cpu
 
-            if backend == "cpu" or _hexplane_cpu.usable("sampling with grid_sample"):
-                sample = _hexplane_cpu.sample_planes_cpu
+        native = _hexplane_cpu.HEXPLANE.chooses(backend, coords, "sampling with grid_sample")
+        sample = _hexplane_cpu.sample_planes_cpu if native else sample_planes_torch
         return torch.cat([sample(coords, planes, PLANES) for planes in self.levels], dim=-1)
 
 

@@ -159,6 +159,18 @@ class NativeOps:
             self._warned = True
         return False
 
+    def chooses(self, backend: str, x, instead: str) -> bool:
+        """Whether an op with ``backend`` runs the family's compiled op for tensors like ``x``.
+
+        ``"cpu"``: always; ``"torch"``: never (the reference); ``"auto"``: for float32/float64 CPU tensors
+        when the extension builds (warning once that ``instead`` runs when it does not). Any other name is
+        a ``ValueError``.
+        """
+        if backend not in ("auto", "cpu", "torch"):
+            raise ValueError(f"unknown {self.submodule} backend {backend!r}; choose from auto, cpu, torch")
+        return backend == "cpu" or (backend == "auto" and x.device.type == "cpu"
+                                    and x.dtype in (torch.float32, torch.float64) and self.usable(instead))
+
     def require(self) -> ModuleType:
         """The family's compiled submodule; ``RuntimeError`` with the build error when it cannot be built."""
         module = self.extension.load()

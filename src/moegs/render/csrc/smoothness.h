@@ -34,7 +34,8 @@ at::Tensor SmoothnessBackwardCpu(const at::Tensor& emb, const at::Tensor& idx, c
                                  const at::Tensor& s, const at::Tensor& rev_ptr, const at::Tensor& rev_pairs,
                                  double scale);
 
-// Checked entry points bound to Python (validate, then call the *Cpu functions above).
+// Checked entry points bound to Python (validate, then call the *Cpu functions above; the backward takes
+// the forward's emb, idx and w, whose index range the forward checked).
 at::Tensor SmoothnessForward(const at::Tensor& emb, const at::Tensor& idx, const at::Tensor& w);
 
 at::Tensor SmoothnessBackward(const at::Tensor& emb, const at::Tensor& idx, const at::Tensor& w, const at::Tensor& s,

@@ -82,7 +82,9 @@ void BackwardKernel(const scalar_t* emb, const int64_t* idx, const scalar_t* w, 
   }
 }
 
-void CheckInputs(const at::Tensor& emb, const at::Tensor& idx, const at::Tensor& w) {
+// Shapes, dtypes and devices; with `range`, also every index in [0, N) (a serial pass: the backward,
+// which receives the forward's tensors, skips it).
+void CheckInputs(const at::Tensor& emb, const at::Tensor& idx, const at::Tensor& w, bool range) {
   TORCH_CHECK(emb.device().is_cpu() && idx.device().is_cpu() && w.device().is_cpu(),
               "smoothness: CPU tensors only");
   TORCH_CHECK(emb.scalar_type() == at::kFloat || emb.scalar_type() == at::kDouble,
@@ -93,6 +95,7 @@ void CheckInputs(const at::Tensor& emb, const at::Tensor& idx, const at::Tensor&
               "smoothness: idx must be contiguous int64 [N, k]");
   TORCH_CHECK(w.scalar_type() == emb.scalar_type() && w.sizes() == idx.sizes() && w.is_contiguous(),
               "smoothness: w must be contiguous [N, k] of emb's dtype");
+  if (!range) return;
   const int64_t* ip = idx.data_ptr<int64_t>();
   bool in_range = true;
   for (int64_t p = 0; p < idx.numel(); ++p) {
@@ -127,13 +130,13 @@ at::Tensor SmoothnessBackwardCpu(const at::Tensor& emb, const at::Tensor& idx, c
 }
 
 at::Tensor SmoothnessForward(const at::Tensor& emb, const at::Tensor& idx, const at::Tensor& w) {
-  CheckInputs(emb, idx, w);
+  CheckInputs(emb, idx, w, /*range=*/true);
   return SmoothnessForwardCpu(emb, idx, w);
 }
 
 at::Tensor SmoothnessBackward(const at::Tensor& emb, const at::Tensor& idx, const at::Tensor& w, const at::Tensor& s,
                               const at::Tensor& rev_ptr, const at::Tensor& rev_pairs, double scale) {
-  CheckInputs(emb, idx, w);
+  CheckInputs(emb, idx, w, /*range=*/false);
   const int64_t N = emb.size(0);
   TORCH_CHECK(s.scalar_type() == emb.scalar_type() && s.sizes() == idx.sizes() && s.is_contiguous(),
               "smoothness: s must be contiguous [N, k] of emb's dtype");
