@@ -6,6 +6,10 @@ degree), split into: deformation (``gaussians_at``), projection +
 colour, compositing forward (binning, compositing), loss (L1 + D-SSIM, regularisers), backward, strategy (densification
 statistics) and optimizer. Beside it, the compositing forward + backward of the same frame
 alone, and the ratio step / compositing (what a step costs beyond the kernel that renders).
+The last columns bound that ratio from below by what the expert's own method costs: its
+deformation (``gaussians_at``: motion, or the neural field and its heads) forward + backward
+alone, plus the optimizer step over its parameters, i.e. (compositing + deformation fwd+bwd +
+optimizer) / compositing; no change outside the expert's method can bring a step below it.
 A second table times the pure-PyTorch reference projection + colour against the fused native
 op on the same Gaussians (forward, and forward + backward). Medians over ``--repeats`` steps. A
 third gives the cost of one OpenMP region under the wait policy in effect (``OMP_WAIT_POLICY``,
@@ -35,7 +39,8 @@ import torch  # noqa: E402
 from moegs.data import DataConfig, load_scene  # noqa: E402
 from moegs.data.synthetic import ensure_default_scene  # noqa: E402
 from moegs.experts import EXPERTS, build_expert  # noqa: E402
-from moegs.render import bin_gaussians, finish_render, project_and_color, resolve_backend  # noqa: E402
+from moegs.render import (background_or_none, bin_gaussians, blend_background, project_and_color,  # noqa: E402
+                          resolve_backend)
 from moegs.render._cpu import composite_cpu  # noqa: E402
 from moegs.train import TrainConfig  # noqa: E402
 from moegs.train.checkpoint import load_expert  # noqa: E402
@@ -69,7 +74,7 @@ def timed_step(tr: Trainer, backend: str) -> tuple[dict[str, float], tuple]:
     features = torch.cat((rgb, proj.depths[:, None]), dim=-1)
     out, alpha = composite_cpu(proj.means2d, proj.conics, opac, features, bins, camera.width, camera.height)
     proj.means2d.retain_grad()
-    color, _ = finish_render(out[..., :3], alpha, out[..., 3], tr.background)
+    color = blend_background(out[..., :3], alpha, background_or_none(tr.background, out))
     t["composite"] = clock()
     loss = tr.image_loss(color, view, target)
     for v in expert.regularization(step).values():
@@ -98,6 +103,18 @@ def composite_alone(frame, bins, camera) -> float:
     t0 = clock()
     out, alpha = composite_cpu(*leaves, bins, camera.width, camera.height)
     (out.sum() + alpha.sum()).backward()
+    return clock() - t0
+
+
+def deform_alone(expert, t: float) -> float:
+    """ms of the expert's deformation forward + backward on its own (every output's gradient 1; the
+    parameters' ``.grad`` is left untouched)."""
+    params = [p for p in expert.parameters() if p.requires_grad]
+    t0 = clock()
+    gs = expert.gaussians_at(t)
+    colors = gs.colors if isinstance(gs.colors, tuple) else (gs.colors,)
+    outs = [x.sum() for x in (gs.means, gs.quats, gs.log_scales, gs.opacity_logits, *colors) if x.requires_grad]
+    torch.autograd.grad(outs, params, allow_unused=True)
     return clock() - t0
 
 
@@ -164,7 +181,7 @@ def bench_expert(name: str, scene, args) -> tuple[dict, dict]:
     # Time the steps of a run's middle: past every expert's warm-up (deformation fields on, keyframes
     # subdivided), at the highest SH degree, between two densifications.
     tr.step = max(tr.step, args.at_step)
-    phases, full, alone = [], [], []
+    phases, full, alone, deform = [], [], [], []
     for i in range(args.repeats + 2):
         s0 = clock()
         tr.train_step()  # the real step, for the total
@@ -174,10 +191,12 @@ def bench_expert(name: str, scene, args) -> tuple[dict, dict]:
             full.append(real)
             phases.append(p)
             alone.append(composite_alone(*frame))
+            deform.append(deform_alone(tr.expert, float(frame[2].time)))
     med = {k: statistics.median(p[k] for p in phases) for k in PHASES}
     row = {"expert": name, "N": int(tr.expert.splats["means"].shape[0]), "sh": tr.expert.sh_degree, **med,
-           "step": statistics.median(full), "comp": statistics.median(alone)}
+           "step": statistics.median(full), "comp": statistics.median(alone), "deform_alone": statistics.median(deform)}
     row["ratio"] = row["step"] / row["comp"]
+    row["bound"] = (row["comp"] + row["deform_alone"] + row["optimizer"]) / row["comp"]
     cam = tr.view_for_step(0).camera
     return row, {"expert": name, **projection_compare(tr.expert, cam, args.repeats)}
 
@@ -214,11 +233,11 @@ def main() -> None:
     print(f"\nscene {scene.name} at {v.width}x{v.height}, {torch.get_num_threads()} threads; ms per step, "
           f"median of {args.repeats}\n")
     print("| expert | N | SH | deform | project+colour | composite fwd | loss | backward | strategy | optimizer | step "
-          "| composite fwd+bwd alone | step / composite |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| composite fwd+bwd alone | step / composite | deform fwd+bwd alone | bound |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['expert']} | {r['N']} | {r['sh']} | " + " | ".join(f"{r[k]:.1f}" for k in PHASES)
-              + f" | {r['step']:.1f} | {r['comp']:.1f} | {r['ratio']:.2f}x |")
+              + f" | {r['step']:.1f} | {r['comp']:.1f} | {r['ratio']:.2f}x | {r['deform_alone']:.1f} | {r['bound']:.2f}x |")
     print("\n| expert | torch fwd | fused fwd | speed-up | torch fwd+bwd | fused fwd+bwd | speed-up |")
     print("|---|---|---|---|---|---|---|")
     for c in comps:

@@ -344,3 +344,22 @@ def test_zero_gaussians(backend):
     run_backward(out)
     for p in ps:
         assert p.grad is not None and p.grad.shape == p.shape
+
+
+def test_background_blend(backend):
+    """A black background (given or not) changes nothing; any other is blended by 1 - alpha, and its
+    gradient reaches alpha (so every Gaussian parameter)."""
+    cam = make_camera(40, 30)
+    scene = random_scene(60, cam, seed=11)
+    outs = {}
+    for name, bg in (("none", None), ("black", torch.zeros(3)), ("grey", torch.tensor([0.2, 0.5, 1.0]))):
+        out, params = render(scene, cam, backend, background=bg)
+        loss = (out.color * torch.linspace(0.5, 1.5, 3)).sum()
+        loss.backward()
+        outs[name] = (out, [p.grad for p in params])
+    (none, g_none), (black, g_black), (grey, g_grey) = outs["none"], outs["black"], outs["grey"]
+    assert torch.equal(none.color, black.color) and all(torch.equal(a, b) for a, b in zip(g_none, g_black))
+    blended = none.color + (1.0 - none.alpha)[..., None] * torch.tensor([0.2, 0.5, 1.0])
+    torch.testing.assert_close(grey.color, blended, rtol=0, atol=1e-6)
+    assert not torch.allclose(g_grey[3], g_none[3])  # opacities feel the background
+    assert torch.equal(none.depth, black.depth) and torch.isfinite(none.depth).all()

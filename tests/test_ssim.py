@@ -1,14 +1,18 @@
 """Tests of the fused SSIM (backend ``cpu``) against the pure-PyTorch reference
 (``ssim(backend="torch")``): forward values on images smaller and larger than the window,
-the gradient, a float64 gradcheck, identical images, determinism, and the dispatch."""
+the gradient, a float64 gradcheck, identical images, determinism, and the dispatch; and of
+the same op's L1 term (``ssim_and_l1``, the photometric loss) against ``F.l1_loss``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import torch.nn.functional as F
+
 from moegs.eval import _ssim_cpu
-from moegs.eval.metrics import ssim
+from moegs.eval.metrics import ssim, ssim_and_l1
+from moegs.train.loss import photometric_loss
 
 SHAPES = [(1, 1, 1), (1, 1, 3), (3, 7, 3), (7, 3, 1), (5, 200, 1), (11, 11, 3), (30, 47, 3), (2, 17, 23, 3),
           (3, 12, 9, 1)]
@@ -116,3 +120,50 @@ def test_auto_dispatch(monkeypatch):
         ssim(img, r, backend="cpu")
     with pytest.raises(ValueError, match="unknown SSIM backend"):
         ssim(img, ref, backend="cuda")
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("shape", [(1, 1, 3), (3, 7, 3), (30, 47, 3), (2, 17, 23, 3)])
+def test_ssim_and_l1_match_reference(shape, dtype, rtol):
+    img, ref = make_pair(shape, dtype, seed=8)
+    ref[..., 0] = img[..., 0]  # exact ties
+    results = {}
+    for backend in ("cpu", "torch"):
+        x = img.clone().requires_grad_(True)
+        s, l1 = ssim_and_l1(x, ref, backend=backend)
+        (g,) = torch.autograd.grad(0.8 * l1 + 0.2 * (1.0 - s), x)
+        results[backend] = (s.detach(), l1.detach(), g)
+    (s_n, l1_n, g_n), (s_r, l1_r, g_r) = results["cpu"], results["torch"]
+    assert l1_n.dtype == dtype and l1_n.shape == ()
+    assert abs(float(l1_n - F.l1_loss(img, ref))) <= rtol * float(l1_r) and abs(float(s_n - s_r)) < 10 * rtol
+    assert float((g_n - g_r).norm()) <= rtol * float(g_r.norm())
+
+
+def test_ssim_and_l1_gradcheck_and_single_terms():
+    img, ref = make_pair((2, 6, 9, 2), torch.float64, seed=9)
+    x = img.clone().requires_grad_(True)
+    ref[0, 0] = img[0, 0]  # exact ties: the L1 gradient is 0 there, as torch's
+    smooth = img[1:].clone().requires_grad_(True)  # no ties, where |.| has no derivative
+    assert torch.autograd.gradcheck(lambda t: ssim_and_l1(t, ref[1:], backend="cpu"), (smooth,), eps=1e-6, atol=1e-8)
+    # Only one output used: the other's gradient is absent, not garbage.
+    (g_l1,) = torch.autograd.grad(ssim_and_l1(x, ref, backend="cpu")[1], x)
+    assert torch.allclose(g_l1, torch.sign(img - ref) / img.numel(), rtol=0, atol=1e-15)
+    (g_s,) = torch.autograd.grad(ssim_and_l1(x, ref, backend="cpu")[0], x)
+    (g_s_ref,) = torch.autograd.grad(ssim(x, ref, backend="torch"), x)
+    assert float((g_s - g_s_ref).norm()) <= 1e-10 * float(g_s_ref.norm())
+
+
+def test_photometric_loss_is_the_fused_op(monkeypatch):
+    img, ref = make_pair((12, 10, 3), torch.float32, seed=10)
+    calls = []
+    real = _ssim_cpu.ssim_l1_cpu
+    monkeypatch.setattr(_ssim_cpu, "ssim_l1_cpu", lambda *a: calls.append(1) or real(*a))
+    x = img.clone().requires_grad_(True)
+    loss = photometric_loss(x, ref, 0.2)
+    (g,) = torch.autograd.grad(loss, x)
+    assert calls == [1]
+    x_ref = img.clone().requires_grad_(True)
+    want = 0.8 * F.l1_loss(x_ref, ref) + 0.2 * (1.0 - ssim(x_ref, ref, backend="torch"))
+    (g_want,) = torch.autograd.grad(want, x_ref)
+    assert abs(float(loss.detach() - want.detach())) < 1e-6
+    assert float((g - g_want).norm()) <= 1e-5 * float(g_want.norm())

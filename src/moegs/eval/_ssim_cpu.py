@@ -1,11 +1,13 @@
-"""The fused SSIM: one compiled C++/OpenMP op with a hand-written backward.
+"""The fused SSIM (and L1): one compiled C++/OpenMP op with a hand-written backward.
 
 ``ssim_cpu`` computes what ``metrics.ssim(backend="torch")`` computes with five depthwise
 11x11 convolutions: the windowed moments by a separable filter (a horizontal then a
 vertical pass, zero padded like the convolutions), the SSIM map and its mean in one
 pass over the image, and the per-pixel derivatives of the map that its backward filters
 back onto the image (the Gaussian window is symmetric, so it is its own transpose).
-Only ``img`` is differentiable: ``ref`` is the target.
+Only ``img`` is differentiable: ``ref`` is the target. The same pass also gives the mean
+``|img - ref|``, so the photometric loss L1 + D-SSIM is one op forward and one backward
+(``ssim_l1_cpu``).
 
 Threads: the op runs OpenMP over image rows with ``torch.get_num_threads()`` threads,
 as the rasterizer does.
@@ -21,7 +23,7 @@ from torch.autograd.function import once_differentiable
 from ..render._cpu import NATIVE, NativeOps
 from .metrics import SSIM_C1, SSIM_C2, gaussian_taps
 
-__all__ = ["available", "build_error", "ssim_cpu"]
+__all__ = ["available", "build_error", "ssim_cpu", "ssim_l1_cpu"]
 
 _SSIM = NativeOps(NATIVE, "ssim", "CPU SSIM")
 
@@ -32,28 +34,30 @@ usable = _SSIM.usable
 _require = _SSIM.require
 
 
-class _SsimCpu(torch.autograd.Function):
+class _SsimL1Cpu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, img, ref, taps):
-        mean, d_mu, d_ex2, d_exy = _require().forward(img, ref, taps, SSIM_C1, SSIM_C2, ctx.needs_input_grad[0])
+        ssim, l1, d_mu, d_ex2, d_exy = _require().forward(img, ref, taps, SSIM_C1, SSIM_C2, ctx.needs_input_grad[0])
         ctx.save_for_backward(img, ref, taps, d_mu, d_ex2, d_exy)
-        return mean
+        return ssim, l1
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_mean):
+    def backward(ctx, grad_ssim, grad_l1):
         img, ref, taps, d_mu, d_ex2, d_exy = ctx.saved_tensors
-        scale = float(grad_mean) / img.numel()
-        return _require().backward(img, ref, taps, d_mu, d_ex2, d_exy, scale), None, None
+        n = img.numel()
+        scale = 0.0 if grad_ssim is None else float(grad_ssim) / n
+        l1_scale = 0.0 if grad_l1 is None else float(grad_l1) / n
+        return _require().backward(img, ref, taps, d_mu, d_ex2, d_exy, scale, l1_scale), None, None
 
 
-def ssim_cpu(
+def ssim_l1_cpu(
     img: Tensor,  # [H, W, C] or [B, H, W, C]
     ref: Tensor,  # same shape
     window: int = 11,
     sigma: float = 1.5,
-) -> Tensor:
-    """Mean SSIM by the fused native op (same semantics as ``metrics.ssim``).
+) -> tuple[Tensor, Tensor]:
+    """Mean SSIM and mean ``|img - ref|`` by the fused native op (same semantics as ``metrics.ssim_and_l1``).
 
     Args:
         img, ref: ``[H, W, C]`` or ``[B, H, W, C]`` float32 or float64 CPU images of one shape and dtype;
@@ -62,7 +66,7 @@ def ssim_cpu(
         sigma: its standard deviation in pixels.
 
     Returns:
-        Scalar tensor, differentiable w.r.t. ``img``.
+        Two scalar tensors (SSIM, L1), differentiable w.r.t. ``img``; one backward call serves both.
     """
     if img.dtype not in (torch.float32, torch.float64) or ref.dtype != img.dtype:
         raise TypeError(f"ssim_cpu needs float32 or float64 images of one dtype, got {img.dtype} and {ref.dtype}")
@@ -75,4 +79,9 @@ def ssim_cpu(
         raise ValueError("ssim_cpu differentiates w.r.t. img only; ref must not require a gradient")
     if img.dim() == 3:
         img, ref = img[None], ref[None]
-    return _SsimCpu.apply(img.contiguous(), ref.contiguous(), gaussian_taps(window, sigma, img))
+    return _SsimL1Cpu.apply(img.contiguous(), ref.contiguous(), gaussian_taps(window, sigma, img))
+
+
+def ssim_cpu(img: Tensor, ref: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
+    """Mean SSIM by the fused native op (same semantics as ``metrics.ssim``; arguments as :func:`ssim_l1_cpu`)."""
+    return ssim_l1_cpu(img, ref, window, sigma)[0]

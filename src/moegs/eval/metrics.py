@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["SSIM_BACKENDS", "SSIM_C1", "SSIM_C2", "gaussian_taps", "psnr", "ssim"]
+__all__ = ["SSIM_BACKENDS", "SSIM_C1", "SSIM_C2", "gaussian_taps", "psnr", "ssim", "ssim_and_l1"]
 
 
 def psnr(img: Tensor, ref: Tensor) -> float:
@@ -67,17 +67,38 @@ def ssim(img: Tensor, ref: Tensor, window: int = 11, sigma: float = 1.5, *, back
     Returns:
         Scalar tensor, differentiable w.r.t. ``img`` (and ``ref`` on the torch backend).
     """
-    if backend not in SSIM_BACKENDS:
-        raise ValueError(f"unknown SSIM backend {backend!r}; choose from {', '.join(SSIM_BACKENDS)}")
-    if backend == "auto":
-        backend = "torch"
-        if _native_applies(img, ref, window):
-            from . import _ssim_cpu
-
-            if _ssim_cpu.usable("using the torch reference"):
-                backend = "cpu"
-    if backend == "torch":
+    if _ssim_backend(img, ref, window, backend) == "torch":
         return _ssim_torch(img, ref, window, sigma)
     from ._ssim_cpu import ssim_cpu
 
     return ssim_cpu(img, ref, window, sigma)
+
+
+def ssim_and_l1(img: Tensor, ref: Tensor, window: int = 11, sigma: float = 1.5, *,
+                backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Mean SSIM (as :func:`ssim`) and mean absolute difference ``|img - ref|`` of the same images: the two
+    terms of the photometric loss, by one fused op forward and one backward on the ``cpu`` backend
+    (arguments as :func:`ssim`; the reference is :func:`ssim` and ``F.l1_loss``).
+
+    Returns:
+        Two scalar tensors, differentiable w.r.t. ``img`` (and ``ref`` on the torch backend).
+    """
+    if _ssim_backend(img, ref, window, backend) == "torch":
+        return _ssim_torch(img, ref, window, sigma), F.l1_loss(img, ref)
+    from ._ssim_cpu import ssim_l1_cpu
+
+    return ssim_l1_cpu(img, ref, window, sigma)
+
+
+def _ssim_backend(img: Tensor, ref: Tensor, window: int, backend: str) -> str:
+    """The concrete SSIM backend ``backend`` stands for with these images."""
+    if backend not in SSIM_BACKENDS:
+        raise ValueError(f"unknown SSIM backend {backend!r}; choose from {', '.join(SSIM_BACKENDS)}")
+    if backend != "auto":
+        return backend
+    if _native_applies(img, ref, window):
+        from . import _ssim_cpu
+
+        if _ssim_cpu.usable("using the torch reference"):
+            return "cpu"
+    return "torch"

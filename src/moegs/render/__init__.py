@@ -49,7 +49,9 @@ __all__ = [
     "eval_colors",
     "Colors",
     "join_colors",
-    "finish_render",
+    "blend_background",
+    "background_or_none",
+    "expected_depth",
     "ExpertsRenderOutput",
     "PreparedExperts",
     "prepare_experts",
@@ -70,7 +72,8 @@ class RenderOutput:
     Attributes:
         color: ``[H, W, 3]`` colour over the background.
         alpha: ``[H, W]`` accumulated opacity.
-        depth: ``[H, W]`` expected depth (alpha-weighted camera z divided by alpha; 0 where empty).
+        depth_acc: ``[H, W]`` alpha-weighted camera z (composited like a colour channel); :attr:`depth`
+            is the expected depth made from it when asked for.
         extras: ``[H, W, C]`` extra channels composited with the colour's weights (no background).
         meta: intermediates for strategies and losses: ``means2d`` ``[N, 2]`` (``[1, N, 2]`` with the
             cuda backend; its ``.grad`` after backward is the screen-space gradient used by densification), ``radii`` ``[N]``,
@@ -79,9 +82,14 @@ class RenderOutput:
 
     color: Tensor
     alpha: Tensor
-    depth: Tensor
+    depth_acc: Tensor
     extras: Tensor
     meta: dict = field(default_factory=dict)
+
+    @property
+    def depth(self) -> Tensor:
+        """``[H, W]`` expected depth (``depth_acc`` divided by alpha; 0 where empty)."""
+        return expected_depth(self.depth_acc, self.alpha)
 
 
 def resolve_backend(backend: Backend, device: torch.device) -> str:
@@ -104,12 +112,24 @@ def resolve_backend(backend: Backend, device: torch.device) -> str:
     return "torch"
 
 
-def finish_render(feats: Tensor, alpha: Tensor, depth_acc: Tensor, background: Tensor) -> tuple[Tensor, Tensor]:
-    """Colour over ``background`` ``[3]`` and expected depth from composited ``feats`` ``[..., H, W, 3 + C]``,
-    ``alpha`` ``[..., H, W]`` and alpha-weighted depth ``depth_acc`` ``[..., H, W]`` (depth 0 where empty)."""
-    color = feats[..., :3] + (1.0 - alpha)[..., None] * background
-    depth = torch.where(alpha > 1e-6, depth_acc / alpha.clamp_min(1e-6), torch.zeros_like(depth_acc))
-    return color, depth
+def blend_background(color: Tensor, alpha: Tensor, background: Tensor | None) -> Tensor:
+    """Composited colour ``[..., H, W, 3]`` over ``background`` ``[3]`` given the accumulated opacity
+    ``alpha`` ``[..., H, W]``; ``None`` is black and adds nothing."""
+    return color if background is None else color + (1.0 - alpha)[..., None] * background
+
+
+def expected_depth(depth_acc: Tensor, alpha: Tensor) -> Tensor:
+    """Expected depth ``[..., H, W]`` from alpha-weighted depth ``depth_acc`` and alpha (0 where empty)."""
+    return torch.where(alpha > 1e-6, depth_acc / alpha.clamp_min(1e-6), torch.zeros_like(depth_acc))
+
+
+def background_or_none(background: Tensor | None, like: Tensor) -> Tensor | None:
+    """``background`` as ``like``'s dtype and device, or ``None`` where it is black on the CPU (blending it
+    changes no value and no gradient; on a GPU the check would cost a synchronisation, so it is blended)."""
+    if background is None:
+        return None
+    bg = background.to(like)
+    return None if bg.device.type == "cpu" and not bool(bg.any()) else bg
 
 
 def rasterize(
@@ -161,13 +181,14 @@ def rasterize(
     name = resolve_backend(backend, means.device)
 
     opac = torch.sigmoid(opacity_logits)
-    bg = means.new_zeros(3) if background is None else background.to(means)
+    bg = background_or_none(background, means)
 
     if name == "cuda":
         from ._cuda import rasterize_cuda
 
         rgb = eval_colors(means, colors, camera, sh_degree)
         feats, alpha, depth_acc, means2d, radii, depths = rasterize_cuda(means, quats, log_scales, opac, rgb, extras, camera)
+        color_acc, extras_img = feats[..., :3], feats[..., 3:]
     else:
         proj, rgb = project_and_color(means, quats, log_scales, colors, camera, sh_degree=sh_degree, backend=name)
         means2d, radii, depths = proj.means2d, proj.radii, proj.depths
@@ -179,14 +200,13 @@ def rasterize(
             from ._cpu import composite_cpu
 
             out, alpha = composite_cpu(means2d, proj.conics, opac, features, bins, camera.width, camera.height)
-        feats = torch.cat((out[..., :3], out[..., 4:]), dim=-1)
-        depth_acc = out[..., 3]
+        color_acc, depth_acc, extras_img = out[..., :3], out[..., 3], out[..., 4:]
     if means2d.requires_grad:
         means2d.retain_grad()
-    color, depth = finish_render(feats, alpha, depth_acc, bg)
     meta = {"means2d": means2d, "radii": radii, "depths": depths, "width": camera.width, "height": camera.height,
             "backend": name}
-    return RenderOutput(color=color, alpha=alpha, depth=depth, extras=feats[..., 3:], meta=meta)
+    return RenderOutput(color=blend_background(color_acc, alpha, bg), alpha=alpha, depth_acc=depth_acc,
+                        extras=extras_img, meta=meta)
 
 
 from .multi import (  # noqa: E402

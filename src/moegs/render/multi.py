@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Camera
-from . import Backend, Colors, eval_colors, finish_render, resolve_backend
+from . import Backend, Colors, background_or_none, blend_background, eval_colors, expected_depth, resolve_backend
 from ._torch_impl import composite_torch
 from .projection import TileBins, bin_gaussians, project_and_color
 
@@ -43,7 +43,8 @@ class ExpertsRenderOutput:
     Attributes:
         color: ``[K, H, W, 3]`` each expert's colour over the background.
         alpha: ``[K, H, W]`` each expert's accumulated opacity.
-        depth: ``[K, H, W]`` each expert's expected depth (0 where empty).
+        depth_acc: ``[K, H, W]`` each expert's alpha-weighted depth; :attr:`depth` is the expected depth
+            (0 where empty) made from it when asked for.
         extras: ``[K, H, W, C]`` extra channels, composited with each expert's colour weights.
         meta: ``means2d`` ``[N, 2]`` (the concatenated Gaussians'; ``.grad`` after backward),
             ``radii`` ``[N]``, ``depths`` ``[N]``, ``expert_ids`` ``[N]``, ``num_experts``,
@@ -53,9 +54,14 @@ class ExpertsRenderOutput:
 
     color: Tensor
     alpha: Tensor
-    depth: Tensor
+    depth_acc: Tensor
     extras: Tensor
     meta: dict = field(default_factory=dict)
+
+    @property
+    def depth(self) -> Tensor:
+        """``[K, H, W]`` each expert's expected depth."""
+        return expected_depth(self.depth_acc, self.alpha)
 
 
 @dataclass
@@ -160,7 +166,7 @@ def composite_experts(
         extras = prep.rgb.new_zeros(N, 0)
     if extras.dim() != 2 or extras.shape[0] != N:
         raise ValueError(f"extras must be [N, C], got {tuple(extras.shape)}")
-    bg = prep.rgb.new_zeros(3) if background is None else background.to(prep.rgb)
+    bg = background_or_none(background, prep.rgb)
     meta = {"expert_ids": prep.expert_ids, "num_experts": K, "width": cam.width, "height": cam.height,
             "backend": prep.backend}
     if prep.backend == "cuda":
@@ -173,6 +179,7 @@ def composite_experts(
             parts.append(rasterize_cuda(means[sel], quats[sel], log_scales[sel], prep.opacities[sel], prep.rgb[sel],
                                         extras[sel], cam))
         feats, alpha, depth_acc = (torch.stack([p[j] for p in parts]) for j in range(3))
+        color_acc, extras_img = feats[..., :3], feats[..., 3:]
         meta.update(means2d=[p[3] for p in parts], radii=[p[4] for p in parts], depths=[p[5] for p in parts])
     else:
         features = torch.cat((prep.rgb, prep.depths[:, None], extras), dim=-1)
@@ -186,13 +193,12 @@ def composite_experts(
             from ._cpu import composite_cpu
 
             out, alpha = composite_cpu(*args, expert_ids=prep.expert_ids, num_experts=K)
-        feats = torch.cat((out[..., :3], out[..., 4:]), dim=-1)
-        depth_acc = out[..., 3]
+        color_acc, depth_acc, extras_img = out[..., :3], out[..., 3], out[..., 4:]
         if prep.means2d.requires_grad:
             prep.means2d.retain_grad()
         meta.update(means2d=prep.means2d, radii=prep.radii, depths=prep.depths)
-    color, depth = finish_render(feats, alpha, depth_acc, bg)
-    return ExpertsRenderOutput(color=color, alpha=alpha, depth=depth, extras=feats[..., 3:], meta=meta)
+    return ExpertsRenderOutput(color=blend_background(color_acc, alpha, bg), alpha=alpha, depth_acc=depth_acc,
+                               extras=extras_img, meta=meta)
 
 
 def rasterize_experts(

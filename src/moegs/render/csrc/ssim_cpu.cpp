@@ -1,4 +1,4 @@
-// CPU implementation of the fused SSIM (forward and hand-written backward).
+// CPU implementation of the fused SSIM and L1 (forward and hand-written backward).
 //
 // Semantics are those of the pure-PyTorch reference (moegs/eval/metrics.py, ssim): the five
 // moments x, y, x x, y y, x y of each channel are filtered with the 2D window taps taps^T and
@@ -20,6 +20,10 @@
 // and the backward filters these three maps with the (symmetric, so self-transposed) window:
 //   dL/dx = g (G d_mu + 2 x G d_ex2 + y G d_exy),  g = dL/dS of each pixel.
 //
+// L1: the forward also returns mean |x - y| (summed while the horizontal pass reads each row),
+// and the backward adds l1_scale sgn(x - y), so the photometric loss (1 - l) L1 + l (1 - SSIM)
+// is one op each way.
+//
 // Precision: the filtering and the per-pixel arithmetic run in the input dtype, as the
 // reference's conv2d does; the mean is accumulated in double.
 //
@@ -37,8 +41,10 @@
 #include <ATen/ops/scalar_tensor.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "ssim.h"
@@ -95,20 +101,25 @@ void VerticalPass(int64_t B, int64_t H, int64_t L, const T* taps, int64_t K, con
   }
 }
 
+// Returns {mean SSIM, mean |x - y|}.
 template <typename T>
-double ForwardKernel(int64_t B, int64_t H, int64_t W, int64_t C, const T* x, const T* y, const T* taps, int64_t K,
-                     T c1, T c2, T* d_mu, T* d_ex2, T* d_exy) {
+std::pair<double, double> ForwardKernel(int64_t B, int64_t H, int64_t W, int64_t C, const T* x, const T* y,
+                                        const T* taps, int64_t K, T c1, T c2, T* d_mu, T* d_ex2, T* d_exy) {
   const int64_t rows = B * H, L = W * C;
   std::unique_ptr<T[]> h(new T[5 * rows * L]);  // every value is written by the horizontal pass
+  std::vector<double> row_l1(rows);
   HorizontalPass<T, 5>(rows, W, C, taps, K, [&](int64_t r, T* dst, int64_t stride) {
     const T* xr = x + r * L;
     const T* yr = y + r * L;
-#pragma omp simd
+    double l1 = 0;
+#pragma omp simd reduction(+ : l1)
     for (int64_t k = 0; k < L; ++k) {
       const T a = xr[k], b = yr[k];
       dst[k] = a, dst[stride + k] = b, dst[2 * stride + k] = a * a, dst[3 * stride + k] = b * b;
       dst[4 * stride + k] = a * b;
+      l1 += double(std::abs(a - b));
     }
+    row_l1[r] = l1;
   }, h.get());
   std::vector<double> row_sum(rows);
   const bool grad = d_mu != nullptr;
@@ -132,14 +143,20 @@ double ForwardKernel(int64_t B, int64_t H, int64_t W, int64_t C, const T* x, con
     }
     row_sum[r] = sum;
   });
-  double total = 0;
-  for (const double s : row_sum) total += s;
-  return total / double(rows * L);
+  double total = 0, total_l1 = 0;
+  for (int64_t r = 0; r < rows; ++r) total += row_sum[r], total_l1 += row_l1[r];
+  return {total / double(rows * L), total_l1 / double(rows * L)};
+}
+
+// sgn(d) as torch's L1 backward takes it (0 at d = 0).
+template <typename T>
+inline T Sign(T d) {
+  return T((d > T(0)) - (d < T(0)));
 }
 
 template <typename T>
 void BackwardKernel(int64_t B, int64_t H, int64_t W, int64_t C, const T* x, const T* y, const T* taps, int64_t K,
-                    const T* d_mu, const T* d_ex2, const T* d_exy, T scale, T* grad) {
+                    const T* d_mu, const T* d_ex2, const T* d_exy, T scale, T l1_scale, T* grad) {
   const int64_t rows = B * H, L = W * C;
   std::unique_ptr<T[]> h(new T[3 * rows * L]);
   HorizontalPass<T, 3>(rows, W, C, taps, K, [&](int64_t r, T* dst, int64_t stride) {
@@ -152,7 +169,8 @@ void BackwardKernel(int64_t B, int64_t H, int64_t W, int64_t C, const T* x, cons
     const T* yr = y + r * L;
     T* gr = grad + r * L;
 #pragma omp simd
-    for (int64_t k = 0; k < L; ++k) gr[k] = scale * (v[k] + 2 * xr[k] * v[stride + k] + yr[k] * v[2 * stride + k]);
+    for (int64_t k = 0; k < L; ++k)
+      gr[k] = scale * (v[k] + 2 * xr[k] * v[stride + k] + yr[k] * v[2 * stride + k]) + l1_scale * Sign(xr[k] - yr[k]);
   });
 }
 
@@ -169,29 +187,28 @@ void CheckImages(const at::Tensor& img, const at::Tensor& ref, const at::Tensor&
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> SsimForwardCpu(const at::Tensor& img_in,
-                                                                          const at::Tensor& ref_in,
-                                                                          const at::Tensor& taps_in, double c1,
-                                                                          double c2, bool need_grad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> SsimForwardCpu(
+    const at::Tensor& img_in, const at::Tensor& ref_in, const at::Tensor& taps_in, double c1, double c2,
+    bool need_grad) {
   const auto img = img_in.contiguous(), ref = ref_in.contiguous(), taps = taps_in.contiguous();
   const int64_t B = img.size(0), H = img.size(1), W = img.size(2), C = img.size(3);
   auto opts = img.options();
   auto shape = need_grad ? img.sizes().vec() : std::vector<int64_t>{0};
   auto d_mu = at::empty(shape, opts), d_ex2 = at::empty(shape, opts), d_exy = at::empty(shape, opts);
-  double mean = 0;
+  std::pair<double, double> means;
   AT_DISPATCH_FLOATING_TYPES(img.scalar_type(), "ssim_forward_cpu", [&] {
-    mean = ForwardKernel<scalar_t>(B, H, W, C, img.data_ptr<scalar_t>(), ref.data_ptr<scalar_t>(),
+    means = ForwardKernel<scalar_t>(B, H, W, C, img.data_ptr<scalar_t>(), ref.data_ptr<scalar_t>(),
                                    taps.data_ptr<scalar_t>(), taps.size(0), scalar_t(c1), scalar_t(c2),
                                    need_grad ? d_mu.data_ptr<scalar_t>() : nullptr,
                                    need_grad ? d_ex2.data_ptr<scalar_t>() : nullptr,
                                    need_grad ? d_exy.data_ptr<scalar_t>() : nullptr);
   });
-  return {at::scalar_tensor(mean, opts), d_mu, d_ex2, d_exy};
+  return {at::scalar_tensor(means.first, opts), at::scalar_tensor(means.second, opts), d_mu, d_ex2, d_exy};
 }
 
 at::Tensor SsimBackwardCpu(const at::Tensor& img_in, const at::Tensor& ref_in, const at::Tensor& taps_in,
                            const at::Tensor& d_mu_in, const at::Tensor& d_ex2_in, const at::Tensor& d_exy_in,
-                           double scale) {
+                           double scale, double l1_scale) {
   const auto img = img_in.contiguous(), ref = ref_in.contiguous(), taps = taps_in.contiguous();
   const auto d_mu = d_mu_in.contiguous(), d_ex2 = d_ex2_in.contiguous(), d_exy = d_exy_in.contiguous();
   const int64_t B = img.size(0), H = img.size(1), W = img.size(2), C = img.size(3);
@@ -200,23 +217,22 @@ at::Tensor SsimBackwardCpu(const at::Tensor& img_in, const at::Tensor& ref_in, c
     BackwardKernel<scalar_t>(B, H, W, C, img.data_ptr<scalar_t>(), ref.data_ptr<scalar_t>(),
                              taps.data_ptr<scalar_t>(), taps.size(0), d_mu.data_ptr<scalar_t>(),
                              d_ex2.data_ptr<scalar_t>(), d_exy.data_ptr<scalar_t>(), scalar_t(scale),
-                             grad.data_ptr<scalar_t>());
+                             scalar_t(l1_scale), grad.data_ptr<scalar_t>());
   });
   return grad;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> SsimForward(const at::Tensor& img, const at::Tensor& ref,
-                                                                       const at::Tensor& taps, double c1, double c2,
-                                                                       bool need_grad) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> SsimForward(
+    const at::Tensor& img, const at::Tensor& ref, const at::Tensor& taps, double c1, double c2, bool need_grad) {
   CheckImages(img, ref, taps);
   return SsimForwardCpu(img, ref, taps, c1, c2, need_grad);
 }
 
 at::Tensor SsimBackward(const at::Tensor& img, const at::Tensor& ref, const at::Tensor& taps, const at::Tensor& d_mu,
-                        const at::Tensor& d_ex2, const at::Tensor& d_exy, double scale) {
+                        const at::Tensor& d_ex2, const at::Tensor& d_exy, double scale, double l1_scale) {
   CheckImages(img, ref, taps);
   for (const at::Tensor* t : {&d_mu, &d_ex2, &d_exy})
     TORCH_CHECK(t->sizes() == img.sizes() && t->scalar_type() == img.scalar_type(),
                 "ssim: d_mu, d_ex2 and d_exy must match img's shape and dtype");
-  return SsimBackwardCpu(img, ref, taps, d_mu, d_ex2, d_exy, scale);
+  return SsimBackwardCpu(img, ref, taps, d_mu, d_ex2, d_exy, scale, l1_scale);
 }
