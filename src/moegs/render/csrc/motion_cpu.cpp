@@ -60,7 +60,9 @@ struct Slerp {
   T dot;          // a . bp
   T d;            // min(|dot|, kMaxCos)
   bool clamped, small;
-  T theta, sn, w0, w1;
+  T theta, sn;  // theta = acos(d); sn = sin(theta) = sqrt(1 - d^2)
+  T ss, cs;     // sin(s theta), cos(s theta)
+  T w0, w1;
   T r[4], nr, out[4];
 };
 
@@ -73,13 +75,16 @@ inline void SlerpForward(const T* q0, const T* q1, T s, Slerp<T>& S) {
   const T ad = std::abs(S.dot);
   S.clamped = ad > static_cast<T>(kMaxCos);
   S.d = S.clamped ? static_cast<T>(kMaxCos) : ad;
+  // One acos and one sine-cosine pair per slerp: sin(theta) from cos(theta) = d, and the weights'
+  // sin((1 - s) theta) = sin(theta) cos(s theta) - cos(theta) sin(s theta).
   S.theta = std::acos(S.d);
-  S.sn = std::sin(S.theta);
+  S.sn = std::sqrt(1 - S.d * S.d);
   S.small = S.sn < static_cast<T>(kSlerpEps);
   if (S.small) {
     S.w0 = 1 - s, S.w1 = s;
   } else {
-    S.w0 = std::sin((1 - s) * S.theta) / S.sn, S.w1 = std::sin(s * S.theta) / S.sn;
+    S.ss = std::sin(s * S.theta), S.cs = std::cos(s * S.theta);
+    S.w0 = S.cs - S.d * S.ss / S.sn, S.w1 = S.ss / S.sn;
   }
   for (int j = 0; j < 4; ++j) S.r[j] = S.w0 * S.a[j] + S.w1 * S.sigma * S.bp[j];
   S.nr = Normalize4(S.r, S.out);
@@ -95,11 +100,13 @@ inline void SlerpBackward(const Slerp<T>& S, T s, const T* g, T* g0, T* g1) {
     T b[4];
     for (int j = 0; j < 4; ++j) b[j] = S.sigma * S.bp[j];
     const T gw0 = Dot4(S.a, gr), gw1 = Dot4(b, gr);
-    const T cs = std::cos(S.theta), sn2 = S.sn * S.sn;
-    const T dw0 = ((1 - s) * std::cos((1 - s) * S.theta) * S.sn - std::sin((1 - s) * S.theta) * cs) / sn2;
-    const T dw1 = (s * std::cos(s * S.theta) * S.sn - std::sin(s * S.theta) * cs) / sn2;
+    // cos(theta) = d; sin and cos of (1 - s) theta from those of theta and s theta.
+    const T sn2 = S.sn * S.sn;
+    const T s1 = S.sn * S.cs - S.d * S.ss, c1 = S.d * S.cs + S.sn * S.ss;
+    const T dw0 = ((1 - s) * c1 * S.sn - s1 * S.d) / sn2;
+    const T dw1 = (s * S.cs * S.sn - S.ss * S.d) / sn2;
     const T gtheta = gw0 * dw0 + gw1 * dw1;
-    const T gd = S.clamped ? T(0) : -gtheta / std::sqrt(1 - S.d * S.d);
+    const T gd = S.clamped ? T(0) : -gtheta / S.sn;  // d acos(d) / dd = -1 / sqrt(1 - d^2)
     const T gdot = S.dot > 0 ? gd : (S.dot < 0 ? -gd : T(0));  // through |dot|
     for (int j = 0; j < 4; ++j) ga[j] += gdot * S.bp[j], gbp[j] += gdot * S.a[j];
   }
