@@ -51,10 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--router", default="full", help="router of the main mixture")
     p.add_argument("--gate", default="linear", help="gate of the main mixture: linear or mlp")
     p.add_argument("--downscale", type=float, default=None, help="image downscale of the scene")
-    p.add_argument("--prune-threshold", type=float, default=PruneConfig.threshold,
-                   help="contribution to the blended image (pixels) under which Gaussians go")
+    p.add_argument("--prune-keep", type=float, default=PruneConfig.keep,
+                   help="share of the blend's summed contributions the kept Gaussians carry (1: keep all)")
     p.add_argument("--prune-steps", type=int, default=PruneConfig.steps,
-                   help="joint fine-tuning steps after pruning (0: prune only; then use about 0.2 px)")
+                   help="joint fine-tuning steps after pruning (0: prune only; then keep about 0.97)")
     p.add_argument("--student", default=None, help="expert fine-tuned from the mixture (default: the best one)")
     p.add_argument("--distill-steps", type=int, default=None, help="fine-tuning steps (default: --expert-steps / 3)")
     p.add_argument("--no-ablation", action="store_true", help="skip the router ablation")
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.downscale is None:
             args.downscale = 1.0  # generated at the size asked for
     moe_cfg = MoEConfig(router=args.router, gate=args.gate, steps=args.moe_steps, joint_steps=args.joint_steps,
-                        prune=PruneConfig(threshold=args.prune_threshold, steps=args.prune_steps))
+                        prune=PruneConfig(keep=args.prune_keep, steps=args.prune_steps))
     moe_cfg.data.downscale = args.downscale
     scene = load_scene(args.scene, moe_cfg.data)
     print(f"scene {scene.name}: {len(scene.train_views)} train / {len(scene.test_views)} test views, "
@@ -167,18 +167,18 @@ def main(argv: list[str] | None = None) -> dict:
     mixture_fps = next(r["fps"] for r in eff if r["model"] == "mixture single-pass")
 
     # ------------------------------------------------------------ pruning
-    # Pruned then fine-tuned, against the same fine-tuning of the unpruned mixture (threshold 0 removes
+    # Pruned then fine-tuned, against the same fine-tuning of the unpruned mixture (keep 1 removes
     # nothing), so that what the fine-tuning alone adds is visible.
     before = evals["mixture"]["psnr"]
     prune_rows = []
-    for label, threshold in (("pruned + fine-tuned", args.prune_threshold), ("fine-tuned, not pruned", 0.0)):
+    for label, keep in (("pruned + fine-tuned", args.prune_keep), ("fine-tuned, not pruned", 1.0)):
         m = copy.deepcopy(mixture)
         cfg = copy.deepcopy(moe_cfg)
-        cfg.prune.threshold = threshold
+        cfg.prune.keep = keep
         report = prune_and_finetune(m, scene, cfg, payload["experts"])
         m.eval()
         after = evaluate_mixture(m, scene, use_lpips=False)["psnr"]
-        prune_rows.append({"model": label, "threshold_px": threshold, "steps": args.prune_steps,
+        prune_rows.append({"model": label, "keep": keep, "threshold_px": report["threshold"], "steps": args.prune_steps,
                            "gaussians": sum(report["after"]), "test_psnr": after, "change_db": after - before,
                            "finetune_s": report["finetune_s"]})
     print(f"\n== gate-aware pruning (test PSNR of the mixture as trained: {before:.3f} dB) ==")

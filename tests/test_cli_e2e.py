@@ -56,10 +56,11 @@ def test_train_eval_render_and_mixture(tiny, tmp_path):
     moe = json.loads((tmp_path / "moe" / "summary.json").read_text())
     assert moe["router"] == "full" and len(moe["experts"]) == 2 and "gain_over_best_db" in moe
     # A pruned, fine-tuned copy is a mixture run of its own; the source is left as it was.
-    _ok(["prune", str(tmp_path / "moe"), "--out", str(tmp_path / "pruned"), "--threshold", "0.5", "--steps", "3",
+    _ok(["prune", str(tmp_path / "moe"), "--out", str(tmp_path / "pruned"), "--keep", "0.9", "--steps", "3",
          "--data", str(tiny), "--set", "data.downscale=1", "--quiet"])
     pruned = json.loads((tmp_path / "pruned" / "prune.json").read_text())
     assert pruned["steps"] == 3 and sum(pruned["after"]) < sum(pruned["before"]) and pruned["test_psnr"] > 0
+    assert pruned["keep"] == 0.9 and pruned["threshold"] > 0
     from moegs.moe import load_mixture
 
     m, _ = load_mixture(tmp_path / "pruned" / "checkpoints" / "last.pt")
@@ -70,7 +71,7 @@ def test_train_eval_render_and_mixture(tiny, tmp_path):
     assert not (tmp_path / "x").exists()
     before = (tmp_path / "moe" / "checkpoints" / "last.pt").read_bytes()
     assert main(["prune", str(tmp_path / "moe"), "--out", str(tmp_path / "moe"), "--quiet"]) == 2  # never over its source
-    assert main(["prune", str(tmp_path / "moe"), "--out", str(tmp_path / "y"), "--threshold", "-1", "--quiet"]) == 2
+    assert main(["prune", str(tmp_path / "moe"), "--out", str(tmp_path / "y"), "--keep", "1.5", "--quiet"]) == 2
     assert (tmp_path / "moe" / "checkpoints" / "last.pt").read_bytes() == before and not (tmp_path / "y").exists()
 
 

@@ -110,7 +110,7 @@ def test_mixture_exports_each_expert(toy_scene, tmp_path, capsys):
             assert torch.allclose(read_ply(tmp_path / "mix" / f"{name}.ply").means, e.gaussians_at(0.5).means)
 
 
-@pytest.mark.parametrize("case", ["no_checkpoint", "time", "times", "unwritable", "prune_expert"])
+@pytest.mark.parametrize("case", ["no_checkpoint", "time", "times", "unwritable", "prune_expert", "prune_share"])
 def test_bad_input_is_one_line_and_writes_nothing(case, expert_ckpt, tmp_path, capsys):
     _, ckpt = expert_ckpt
     (tmp_path / "emptyrun").mkdir()
@@ -119,7 +119,8 @@ def test_bad_input_is_one_line_and_writes_nothing(case, expert_ckpt, tmp_path, c
             "time": ["export", str(ckpt), "--time", "1.5", "--out", str(tmp_path / "o.ply")],
             "times": ["export", str(ckpt), "--times", "0:2", "--out", str(tmp_path / "o.ply")],
             "unwritable": ["export", str(ckpt), "--out", str(tmp_path / "afile" / "sub" / "o.ply")],
-            "prune_expert": ["export", str(ckpt), "--prune", "0.05", "--out", str(tmp_path / "o.ply")]}[case]
+            "prune_expert": ["export", str(ckpt), "--prune", "0.97", "--out", str(tmp_path / "o.ply")],
+            "prune_share": ["export", str(ckpt), "--prune", "1.5", "--out", str(tmp_path / "o.ply")]}[case]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("moegs: error:"), err

@@ -252,7 +252,8 @@ def test_gate_prune_drops_what_the_blend_does_not_use_and_keeps_alignment(scene)
     with torch.no_grad():
         mixture.gates[1].per_gaussian["w"].fill_(-30.0)  # the router never uses expert 1
         before = mixture.render(scene.test_views[0]).color
-    report = gate_prune(mixture, scene.train_views, threshold=0.5)
+    report = gate_prune(mixture, scene.train_views, keep=0.99)
+    assert report["keep"] == 0.99 and report["threshold"] > 0
     assert report["removed"][1] == n1 - 1 and report["after"][1] == 1  # all but its largest contributor
     assert 0 < report["removed"][0] < n0  # expert 0 loses only Gaussians that no view sees
     for gate, expert in zip(mixture.gates, mixture.experts):
@@ -260,6 +261,29 @@ def test_gate_prune_drops_what_the_blend_does_not_use_and_keeps_alignment(scene)
     with torch.no_grad():
         after = mixture.render(scene.test_views[0]).color
     assert (after - before).abs().max() < 0.02
+
+
+def test_contribution_threshold_is_a_share_of_the_blend():
+    from moegs.moe.prune import contribution_threshold
+
+    contrib = [torch.tensor([5.0, 1.0]), torch.tensor([3.0, 1.0, 0.0])]  # 10 px in all, over two experts
+    assert contribution_threshold(contrib, 0.5) == 5.0  # the largest alone carries half
+    assert contribution_threshold(contrib, 0.8) == 3.0
+    assert contribution_threshold(contrib, 0.85) == 1.0  # ties stay together
+    assert contribution_threshold(contrib, 1.0) == 0.0  # everything stays
+    # A share does not depend on the scale of the contributions (image size, Gaussian count) ...
+    for keep in (0.3, 0.5, 0.8, 0.95):
+        assert contribution_threshold([7 * c for c in contrib], keep) == 7 * contribution_threshold(contrib, keep)
+    # ... and the kept Gaussians carry at least the share, one fewer would not.
+    c = torch.rand(1000, generator=torch.Generator().manual_seed(0)) ** 4
+    for keep in (0.5, 0.8, 0.97):
+        thr = contribution_threshold([c], keep)
+        kept = c[c >= thr].sort(descending=True).values
+        assert kept.sum() >= keep * c.sum() * (1 - 1e-6) and kept[:-1].sum() < keep * c.sum()
+    assert contribution_threshold([torch.zeros(3)], 0.5) == 0.0
+    for bad in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="keep"):
+            contribution_threshold(contrib, bad)
 
 
 def test_prune_and_finetune_recovers_what_pruning_alone_loses(scene):
@@ -270,10 +294,11 @@ def test_prune_and_finetune_recovers_what_pruning_alone_loses(scene):
     mixture, cfg, metas, _ = make_mixture(scene, "gates", steps=60)
     MixtureTrainer(mixture, scene, cfg, metas).train(progress=False)
     n = [e.splats["means"].shape[0] for e in mixture.experts]
+    KEEP = 0.7  # of the blend's contributions
 
     def pruned(steps: int):
         m = copy.deepcopy(mixture)
-        cfg.prune = PruneConfig(threshold=2.0, views=6, steps=steps, lr_scale=1.0)
+        cfg.prune = PruneConfig(keep=KEEP, views=6, steps=steps, lr_scale=1.0)
         report = prune_and_finetune(m, scene, cfg, metas)
         with torch.no_grad():
             q = evaluate_renderer(lambda v: m.render(v).color, scene, scene.train_views, use_lpips=False)["psnr"]
@@ -286,8 +311,8 @@ def test_prune_and_finetune_recovers_what_pruning_alone_loses(scene):
     assert r0["after"] == r1["after"] and r0["steps"] == 0 and r1["steps"] == 60
     assert all(0 < a < b for a, b in zip(r1["after"], n))  # the same Gaussians go either way
     assert [e.splats["means"].shape[0] for e in tuned.experts] == r1["after"]
-    assert q0 < full - 2.0  # pruning this hard costs the image (measured 24.2 -> 19.7 dB) ...
-    assert q1 > q0 + 1.5  # ... and the joint fine-tuning wins much of it back (22.6 dB)
+    assert q0 < full - 2.0  # pruning this hard costs the image (measured 24.2 -> 19.8 dB) ...
+    assert q1 > q0 + 1.5  # ... and the joint fine-tuning wins much of it back (22.7 dB)
     assert not any(p.requires_grad for e in tuned.experts for p in e.parameters())  # frozen again
     assert all(p.requires_grad for p in tuned.gates.parameters())
 
@@ -385,7 +410,7 @@ def test_efficiency_table_rows(scene):
 
     mixture, *_ = make_mixture(scene, "full")
     rows = {r["model"]: r for r in efficiency_table(
-        mixture, scene, prune=lambda m: gate_prune(m, scene.train_views[:4], 0.5), repeats=1)}
+        mixture, scene, prune=lambda m: gate_prune(m, scene.train_views[:4], 0.9), repeats=1)}
     assert list(rows) == ["static#0", "static#1", "mixture K-pass", "mixture single-pass", "pruned K-pass",
                           "pruned single-pass"]
     for label in ("mixture", "pruned"):

@@ -197,8 +197,9 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
               f"[{video.relative_to(out).as_posix()}]({video.relative_to(out).as_posix()})", ""]
     kept = sum(pruning["after"])
     lines += [f"Efficiency on the test views (FPS on this machine; each expert as the mixture holds it"
-              f"{', after its joint steps' if config.moe.joint_steps else ''}). Pruned: a copy gate-pruned at "
-              f"{pruning['threshold']} px ({kept} of {kept + sum(pruning['removed'])} Gaussians kept), then "
+              f"{', after its joint steps' if config.moe.joint_steps else ''}). Pruned: a copy gate-pruned to the "
+              f"Gaussians carrying {pruning['keep']:.0%} of the blend's contributions (those adding at least "
+              f"{pruning['threshold']:.3g} px; {kept} of {kept + sum(pruning['removed'])} kept), then "
               f"fine-tuned jointly for {pruning['steps']} steps ({pruning['finetune_s']} s):", "", "```",
               format_efficiency_table(eff), "```", ""]
     lpips_note = next((r.get("test_lpips_note") for r in rows.values() if r.get("test_lpips_note")), None)

@@ -50,6 +50,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..train.checkpoint import expert_from_payload, load_checkpoint, resolve_checkpoint
 
     times = parse_times(args)
+    if args.prune is not None and not 0 < args.prune <= 1:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--prune {args.prune}: the share of the blend to keep must be in (0, 1]")
     ckpt = resolve_checkpoint(args.run)
     payload = load_checkpoint(ckpt, (EXPERT_FORMAT, MIXTURE_FORMAT))
     is_mixture = payload["format"] == MIXTURE_FORMAT
@@ -112,8 +116,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", help="output file (default: <run>/export/gaussians.<format>); a mixture writes a "
                                  "folder with one file per expert")
     p.add_argument("--format", choices=FORMATS, default="ply", help="ply (3DGS layout, default) or splat")
-    p.add_argument("--prune", type=float, metavar="PX", help="mixture only: gate-aware pruning at this contribution "
-                                                             "threshold (pixels) before exporting")
+    p.add_argument("--prune", type=float, metavar="SHARE",
+                   help="mixture only: gate-aware pruning before exporting, keeping the fewest Gaussians that carry "
+                        "this share of the blend's contributions (e.g. 0.97)")
     p.add_argument("--data", help="scene folder for --prune (default: the one the experts were trained on)")
     p.set_defaults(func=cmd_export)
     return p

@@ -1,4 +1,4 @@
-"""``moegs prune MIXTURE [--threshold PX] [--steps N] --out DIR``: a gate-pruned, fine-tuned copy of a
+"""``moegs prune MIXTURE [--keep SHARE] [--steps N] --out DIR``: a gate-pruned, fine-tuned copy of a
 trained mixture, as a mixture run of its own (thin layer over :func:`moegs.moe.prune.prune_and_finetune`)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         raise ConfigError(f"{out}: that is the mixture's own run; give the pruned copy another folder")
     mixture, payload = load_mixture(ckpt)
     cfg = from_dict(MoEConfig, payload["config"])
-    _set_given(cfg.prune, args, {"threshold": "threshold", "steps": "steps", "views": "views", "lr_scale": "lr_scale"})
+    _set_given(cfg.prune, args, {"keep": "keep", "steps": "steps", "views": "views", "lr_scale": "lr_scale"})
     apply_overrides(cfg, args.set or [])
     cfg.check()
     data = args.data or mixture_scene_path(payload)
@@ -52,14 +52,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("prune", help="gate-aware pruning of a trained mixture, then joint fine-tuning")
     p.add_argument("mixture", help="mixture run directory or checkpoint")
     p.add_argument("--out", required=True, help="run directory of the pruned mixture (checkpoints/last.pt, prune.json)")
-    p.add_argument("--threshold", type=float, metavar="PX",
-                   help="contribution to the blended image (pixels) under which a Gaussian goes (default 1.0)")
+    p.add_argument("--keep", type=float, metavar="SHARE",
+                   help="share of the blend's summed contributions the kept Gaussians carry, the fewest with the "
+                        "largest contributions staying (default 0.8; 1 keeps all)")
     p.add_argument("--steps", type=int, help="joint fine-tuning steps after pruning (default 400; 0: prune only)")
     p.add_argument("--views", type=int, help="training views whose contributions decide (default 24)")
     p.add_argument("--lr-scale", type=float, help="the experts' learning rates are scaled by this (default 0.3)")
     p.add_argument("--data", help="scene folder (default: the one the experts were trained on)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a field of the mixture's config, e.g. prune.threshold=0.5 or ssim_lambda=0.2")
+                   help="override a field of the mixture's config, e.g. prune.keep=0.9 or ssim_lambda=0.2")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_prune)
     return p

@@ -19,16 +19,18 @@ class PruneConfig:
     (:func:`moegs.moe.prune.prune_and_finetune`; the efficiency table's "pruned" rows, ``moegs prune``).
 
     Measured on the demo's mixture (160x120, 3 experts of 20k Gaussians, ``python benchmarks/moe.py --scene demo
-    --mixture runs/demo/mixture/checkpoints/last.pt [--prune-threshold PX] [--prune-steps N]``): pruning alone at
-    0.2 px keeps 22.8k Gaussians at the unpruned test PSNR, at 1 px 9.9k but costs 2.2 dB. Fine-tuning after
-    pruning at 1 px wins it back: on the mixture after stage 3 (23.63 dB; its stage 2 drawing each view twice),
-    400 steps give 23.69 dB, 600 steps 23.56 and 1000 steps 23.51 (more steps fit the training views closer than
-    the held-out camera), so the default is as many as the pipeline's stage 3.
+    --mixture runs/demo/mixture/checkpoints/last.pt [--prune-keep SHARE] [--prune-steps N]``): pruning alone to
+    97 % of the contributions (0.2 px there) keeps 22.8k Gaussians at the unpruned test PSNR, to 82 % (1 px)
+    9.9k but costs 2.2 dB. Fine-tuning after pruning wins it back: on the mixture after stage 3 (23.63 dB; its
+    stage 2 drawing each view twice), 400 steps give 23.69 dB, 600 steps 23.56 and 1000 steps 23.51 (more
+    steps fit the training views closer than the held-out camera), so the default is as many as the
+    pipeline's stage 3.
     """
 
-    # Contribution (pixels) to the blended image of every sampled view under which a Gaussian goes
-    # (moegs.moe.prune.gate_prune; 0.2 keeps the test PSNR without fine-tuning).
-    threshold: float = 1.0
+    # Share of the summed contributions to the blend of the sampled views that the kept Gaussians carry
+    # (moegs.moe.prune.gate_prune: the fewest, largest first; 1 keeps all; 0.97 keeps the test PSNR
+    # without fine-tuning).
+    keep: float = 0.8
     # Training views (evenly spaced) whose contributions decide.
     views: int = 24
     # Joint fine-tuning steps after pruning (experts, gates and router, one training view per step); 0: prune only.
@@ -37,8 +39,8 @@ class PruneConfig:
     lr_scale: float = 0.3
 
     def check(self) -> None:
-        if self.threshold < 0 or self.views < 1 or self.steps < 0 or self.lr_scale <= 0:
-            raise ConfigError("prune: threshold and steps must be >= 0, views >= 1 and lr_scale > 0")
+        if not 0 < self.keep <= 1 or self.views < 1 or self.steps < 0 or self.lr_scale <= 0:
+            raise ConfigError("prune: keep must be in (0, 1], steps >= 0, views >= 1 and lr_scale > 0")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from ..eval import evaluate_renderer
 from ..experts import render_expert
 from .ablation import format_table
 from .mixture import Mixture
-from .prune import DEFAULT_THRESHOLD, gate_prune
+from .prune import DEFAULT_KEEP, gate_prune
 
 __all__ = ["efficiency_table", "format_efficiency_table", "COLUMNS"]
 
@@ -66,13 +66,13 @@ def efficiency_table(mixture: Mixture, scene: Scene, *, views: list[View] | None
         mixture: a trained mixture (left unchanged: pruning acts on a copy).
         scene: the scene; views: where quality and speed are measured (default: its test views).
         prune: prunes the copy in place, e.g. ``lambda m: prune_and_finetune(m, scene, config, metas)``
-            (default: :func:`gate_prune` at ``DEFAULT_THRESHOLD`` over the training views, no fine-tuning).
+            (default: :func:`gate_prune` to ``DEFAULT_KEEP`` over the training views, no fine-tuning).
         repeats: timed rounds over ``views`` (FPS is the best round's).
     """
     views = scene.test_views if views is None else views
     pruned = copy.deepcopy(mixture)
     pruned.clear_cache()
-    (prune or (lambda m: gate_prune(m, scene.train_views, DEFAULT_THRESHOLD)))(pruned)
+    (prune or (lambda m: gate_prune(m, scene.train_views, DEFAULT_KEEP)))(pruned)
     models: dict[str, tuple[Callable[[View], Tensor], list[nn.Module]]] = {}
     for name, e in zip(mixture.names, mixture.experts):
         models[name] = (lambda v, e=e: render_expert(e, v.camera, v.time, background=scene.background,

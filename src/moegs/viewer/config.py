@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..moe.prune import DEFAULT_THRESHOLD
+from ..moe.prune import DEFAULT_KEEP
 
 __all__ = ["ViewerConfig"]
 
@@ -30,9 +30,9 @@ class ViewerConfig:
     backend: str = "auto"
     # Device of the model (``auto``: cuda when present).
     device: str = "auto"
-    # Gate pruning (mixtures): contribution in pixels under which a Gaussian is dropped, and at most
+    # Gate pruning (mixtures): share of the blend's contributions the kept Gaussians carry, and at most
     # how many training views measure the contributions.
-    prune_threshold: float = DEFAULT_THRESHOLD
+    prune_keep: float = DEFAULT_KEEP
     prune_views: int = 12
 
     def check(self) -> None:
@@ -43,6 +43,8 @@ class ViewerConfig:
             raise ConfigError(f"--max-side {self.max_side}: must be at least 8 pixels")
         if not 0 < self.preview_scale <= 1:
             raise ConfigError(f"preview_scale {self.preview_scale}: must be in (0, 1]")
+        if not 0 < self.prune_keep <= 1:
+            raise ConfigError(f"prune_keep {self.prune_keep}: must be in (0, 1]")
         if self.fps <= 0:
             raise ConfigError(f"--fps {self.fps}: must be positive")
         if not 1 <= self.jpeg_quality <= 100:

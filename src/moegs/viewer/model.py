@@ -143,7 +143,7 @@ class ViewModel:
         return center, max(radius, 1e-3)
 
     # ------------------------------------------------------------------ rendering
-    def pruned_mixture(self, threshold: float, max_views: int) -> Mixture:
+    def pruned_mixture(self, keep: float, max_views: int) -> Mixture:
         """The gate-pruned copy of the mixture (:func:`moegs.moe.prune.gate_prune` over at most
         ``max_views`` training views spread over the scene), made once and kept."""
         if self.mixture is None or self.scene is None:
@@ -153,7 +153,7 @@ class ViewModel:
             step = max(1, len(views) // max_views)
             pruned = copy.deepcopy(self.mixture)
             pruned.clear_cache()
-            self.prune_counts = gate_prune(pruned, views[::step][:max_views], threshold)
+            self.prune_counts = gate_prune(pruned, views[::step][:max_views], keep)
             self.pruned = pruned.requires_grad_(False)
         return self.pruned
 

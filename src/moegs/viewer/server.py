@@ -209,8 +209,8 @@ class Viewer:
             self.pruned = None
             if m.mixture is not None and m.scene is not None:
                 self.pruned = gui.add_checkbox("gate-pruned", False,
-                                               hint="drop the Gaussians that add under "
-                                                    f"{self.config.prune_threshold} px to the blend (moegs.moe.prune)")
+                                               hint="keep the fewest Gaussians carrying "
+                                                    f"{self.config.prune_keep:.0%} of the blend (moegs.moe.prune)")
                 self.pruned.on_update(lambda _: self._prune_changed())
             self.prune_info = gui.add_markdown("", visible=False)
             self.max_side = gui.add_slider("max side (px)", 32, 2048, 16, self.config.max_side,
@@ -249,7 +249,7 @@ class Viewer:
         if self.pruned.value and self.model.pruned is None:
             self.set_status("gate pruning (one mixture render per training view)…")
             with self.render_lock:
-                self.model.pruned_mixture(self.config.prune_threshold, self.config.prune_views)
+                self.model.pruned_mixture(self.config.prune_keep, self.config.prune_views)
             c = self.model.prune_counts
             self.prune_info.content = "Gaussians " + ", ".join(
                 f"{n}: {a}/{b}" for n, a, b in zip(self.model.expert_names, c["after"], c["before"]))
