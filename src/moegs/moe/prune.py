@@ -17,9 +17,12 @@ and the gate's per-Gaussian entries are cut with the same mask by
 How much goes is set by ``keep``, the share of the summed contributions that the kept Gaussians
 carry: the fewest Gaussians, largest contributions first, whose contributions add up to that share
 stay. A share does not depend on the image size or the Gaussian count the way a threshold in pixels
-does: measured on two mixtures of three 20k-Gaussian experts over 24 training views, 1 px keeps 82 %
-of the contributions at 160x120 (the demo) but 32 % at 100x100 (D-NeRF mutant, whose Gaussians are
-smaller; 26.9 dB after fine-tuning against 32.3 unpruned), while 80 % keeps 9.4k and 9.6k Gaussians.
+does. On two mixtures of three 20k-Gaussian experts, contributions over 24 training views (``moegs
+pipeline`` runs, then ``moegs prune RUN/mixture --out DIR``; ``prune.json`` gives the threshold a share
+comes to), 80 % is 1.12 px on the demo scene (160x120; 9.1k of 60k Gaussians kept, 23.66 dB after
+fine-tuning, 23.63 unpruned) but 0.17 px on D-NeRF mutant at 100x100, whose Gaussians cover fewer
+pixels (8.5k of 57k kept, 32.82 dB, 32.25 unpruned). A fixed 1 px there kept 1.1k Gaussians and
+32 % of the contributions, and the fine-tuned copy fell to 26.9 dB.
 
 Pruning alone must stay gentle (97 %) to keep the image; :func:`prune_and_finetune` prunes harder
 and then fine-tunes experts, gates and router jointly for a few hundred steps (stage 3 of
