@@ -32,6 +32,14 @@ def make_pair(shape, dtype, seed=0):
     return img.to(dtype), ref.to(dtype)
 
 
+def spy(monkeypatch, name: str) -> list:
+    """Wrap ``_ssim_cpu.<name>``; the returned list gets one entry per call."""
+    calls = []
+    real = getattr(_ssim_cpu, name)
+    monkeypatch.setattr(_ssim_cpu, name, lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
 def value_and_grad(img, ref, backend, **kw):
     x = img.clone().requires_grad_(True)
     s = ssim(x, ref, backend=backend, **kw)
@@ -105,9 +113,7 @@ def test_non_contiguous_and_upstream_gradient():
 
 def test_auto_dispatch(monkeypatch):
     img, ref = make_pair((9, 10, 3), torch.float64, seed=7)
-    calls = []
-    real = _ssim_cpu.ssim_cpu
-    monkeypatch.setattr(_ssim_cpu, "ssim_cpu", lambda *a: calls.append(1) or real(*a))
+    calls = spy(monkeypatch, "ssim_cpu")
     ssim(img, ref)
     assert calls == [1]  # CPU images, odd window, a target without gradient: the fused op
     ssim(img, ref, window=10)
@@ -155,9 +161,7 @@ def test_ssim_and_l1_gradcheck_and_single_terms():
 
 def test_photometric_loss_is_the_fused_op(monkeypatch):
     img, ref = make_pair((12, 10, 3), torch.float32, seed=10)
-    calls = []
-    real = _ssim_cpu.ssim_l1_cpu
-    monkeypatch.setattr(_ssim_cpu, "ssim_l1_cpu", lambda *a: calls.append(1) or real(*a))
+    calls = spy(monkeypatch, "ssim_l1_cpu")
     x = img.clone().requires_grad_(True)
     loss = photometric_loss(x, ref, 0.2)
     (g,) = torch.autograd.grad(loss, x)
