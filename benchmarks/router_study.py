@@ -22,7 +22,8 @@ the router-masked loss (:func:`moegs.moe.distill.distill`) and, for the same ste
 alone (:func:`moegs.moe.distill.finetune`).
 
 ``--router-cameras cam02 cam06`` tests a router trained on cameras its experts never saw: the
-pipeline's experts (same configs and budget) are trained again without those cameras, into
+given experts (each with its checkpoint's training config and budget) are trained again without those
+cameras (Panoptic's cameras by number: ``--router-cameras 5 20``), into
 ``--out``/``experts_without_router_cameras``, and every variant's router is trained on the held-back
 cameras' views only. Each row then also gives the gain over the best of the given experts, which saw
 every training camera (the fair baseline: what a user gets without the mixture).
@@ -46,7 +47,6 @@ import torch  # noqa: E402
 from moegs.data import Scene, load_scene  # noqa: E402
 from moegs.eval import evaluate_renderer  # noqa: E402
 from moegs.experts import render_expert  # noqa: E402
-from moegs.pipeline import PipelineConfig, expert_train_config  # noqa: E402
 from moegs.train.checkpoint import load_expert  # noqa: E402
 from moegs.train.run import train_expert  # noqa: E402
 from moegs.moe import MoEConfig, load_mixture, train_mixture  # noqa: E402
@@ -55,6 +55,7 @@ from moegs.moe.build import spaced_views  # noqa: E402
 from moegs.moe.config import published_config  # noqa: E402
 from moegs.moe.distill import distill, finetune  # noqa: E402
 from moegs.train import TrainConfig  # noqa: E402
+from moegs.train.config import from_dict  # noqa: E402
 from moegs.moe.evaluate import ORACLE_BLOCKS, oracle_headroom  # noqa: E402
 
 # name -> (what it tests, MoEConfig fields relative to the pipeline's mixture config)
@@ -100,26 +101,31 @@ def expert_checkpoints(args: argparse.Namespace) -> list[Path]:
 
 
 def split_router_cameras(scene: Scene, cameras: list[str]) -> tuple[Scene, Scene]:
-    """``(scene without cameras, scene whose training views are those cameras')``, same test views."""
-    known = {v.camera.name for v in scene.train_views}
+    """``(scene without cameras, scene whose training views are those cameras')``, same test views.
+
+    A camera is named as its views' cameras are (``cam02``), or by the part before ``/`` where a view's
+    camera name also holds its frame (Panoptic's ``5/000003``: ``5``)."""
+    def camera_of(v) -> str:
+        return v.camera.name.split("/")[0]
+
+    known = {camera_of(v) for v in scene.train_views}
     if unknown := sorted(set(cameras) - known):
         sys.exit(f"router_study: --router-cameras {' '.join(unknown)}: not training cameras of {scene.name} "
                  f"({', '.join(sorted(known))})")
-    rest = [v for v in scene.train_views if v.camera.name not in cameras]
-    held = [v for v in scene.train_views if v.camera.name in cameras]
+    rest = [v for v in scene.train_views if camera_of(v) not in cameras]
+    held = [v for v in scene.train_views if camera_of(v) in cameras]
     return dataclasses.replace(scene, train_views=rest), dataclasses.replace(scene, train_views=held)
 
 
-def experts_without(scene: Scene, ckpts: list[Path], out: Path, downscale: float | None) -> list[Path]:
-    """The experts of ``ckpts`` trained again (pipeline configs and budget) on ``scene``; their checkpoints."""
-    cfg = PipelineConfig()
-    cfg.data.downscale = downscale
-    names = [load_expert(c)[1]["expert"] for c in ckpts]
-    cfg.with_experts(names)
+def experts_without(scene: Scene, ckpts: list[Path], out: Path) -> list[Path]:
+    """The experts of ``ckpts`` trained again on ``scene``, each with its checkpoint's own training config
+    (expert, budget, densification schedule); their checkpoints."""
     paths = []
-    for n in names:
-        train_expert(scene, expert_train_config(cfg, n), out / n, resume=True, progress=False)
-        paths.append(out / n / "checkpoints" / "last.pt")
+    for c in ckpts:
+        payload = load_expert(c)[1]
+        tc = from_dict(TrainConfig, payload["train_config"])
+        train_expert(scene, tc, out / payload["expert"], resume=True, progress=False)
+        paths.append(out / payload["expert"] / "checkpoints" / "last.pt")
     return paths
 
 
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.router_cameras:
         expert_scene, scene = split_router_cameras(scene, args.router_cameras)
         given_best = best_psnr(ckpts, scene)
-        ckpts = experts_without(expert_scene, ckpts, args.out / "experts_without_router_cameras", args.downscale)
+        ckpts = experts_without(expert_scene, ckpts, args.out / "experts_without_router_cameras")
     train_views = spaced_views(scene.train_views, args.train_views)
     print(f"scene {scene.name}: {len(scene.train_views)} train / {len(scene.test_views)} test views; "
           f"experts {', '.join(str(c) for c in ckpts)}", flush=True)
