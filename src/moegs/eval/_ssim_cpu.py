@@ -1,13 +1,12 @@
 """The fused SSIM (and L1): one compiled C++/OpenMP op with a hand-written backward.
 
-``ssim_cpu`` computes what ``metrics.ssim(backend="torch")`` computes with five depthwise
+``ssim_l1_cpu`` computes what ``metrics.ssim(backend="torch")`` computes with five depthwise
 11x11 convolutions: the windowed moments by a separable filter (a horizontal then a
 vertical pass, zero padded like the convolutions), the SSIM map and its mean in one
 pass over the image, and the per-pixel derivatives of the map that its backward filters
 back onto the image (the Gaussian window is symmetric, so it is its own transpose).
 Only ``img`` is differentiable: ``ref`` is the target. The same pass also gives the mean
-``|img - ref|``, so the photometric loss L1 + D-SSIM is one op forward and one backward
-(``ssim_l1_cpu``).
+``|img - ref|``, so the photometric loss L1 + D-SSIM is one op forward and one backward.
 
 Threads: the op runs OpenMP over image rows with ``torch.get_num_threads()`` threads,
 as the rasterizer does.
@@ -23,7 +22,7 @@ from torch.autograd.function import once_differentiable
 from ..render._cpu import NATIVE, NativeOps
 from .metrics import SSIM_C1, SSIM_C2, gaussian_taps
 
-__all__ = ["available", "build_error", "ssim_cpu", "ssim_l1_cpu"]
+__all__ = ["available", "build_error", "ssim_l1_cpu"]
 
 _SSIM = NativeOps(NATIVE, "ssim", "CPU SSIM")
 
@@ -69,19 +68,15 @@ def ssim_l1_cpu(
         Two scalar tensors (SSIM, L1), differentiable w.r.t. ``img``; one backward call serves both.
     """
     if img.dtype not in (torch.float32, torch.float64) or ref.dtype != img.dtype:
-        raise TypeError(f"ssim_cpu needs float32 or float64 images of one dtype, got {img.dtype} and {ref.dtype}")
+        raise TypeError(f"ssim_l1_cpu needs float32 or float64 images of one dtype, got {img.dtype} and "
+                        f"{ref.dtype}")
     if img.shape != ref.shape or img.dim() not in (3, 4):
-        raise ValueError(f"ssim_cpu needs [H, W, C] or [B, H, W, C] images of one shape, got "
+        raise ValueError(f"ssim_l1_cpu needs [H, W, C] or [B, H, W, C] images of one shape, got "
                          f"{tuple(img.shape)} and {tuple(ref.shape)}")
     if window % 2 != 1:
-        raise ValueError(f"ssim_cpu needs an odd window, got {window}")
+        raise ValueError(f"ssim_l1_cpu needs an odd window, got {window}")
     if ref.requires_grad:
-        raise ValueError("ssim_cpu differentiates w.r.t. img only; ref must not require a gradient")
+        raise ValueError("ssim_l1_cpu differentiates w.r.t. img only; ref must not require a gradient")
     if img.dim() == 3:
         img, ref = img[None], ref[None]
     return _SsimL1Cpu.apply(img.contiguous(), ref.contiguous(), gaussian_taps(window, sigma, img))
-
-
-def ssim_cpu(img: Tensor, ref: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
-    """Mean SSIM by the fused native op (same semantics as ``metrics.ssim``; arguments as :func:`ssim_l1_cpu`)."""
-    return ssim_l1_cpu(img, ref, window, sigma)[0]

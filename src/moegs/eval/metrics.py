@@ -67,11 +67,7 @@ def ssim(img: Tensor, ref: Tensor, window: int = 11, sigma: float = 1.5, *, back
     Returns:
         Scalar tensor, differentiable w.r.t. ``img`` (and ``ref`` on the torch backend).
     """
-    if _ssim_backend(img, ref, window, backend) == "torch":
-        return _ssim_torch(img, ref, window, sigma)
-    from ._ssim_cpu import ssim_cpu
-
-    return ssim_cpu(img, ref, window, sigma)
+    return ssim_and_l1(img, ref, window, sigma, backend=backend)[0]
 
 
 def ssim_and_l1(img: Tensor, ref: Tensor, window: int = 11, sigma: float = 1.5, *,

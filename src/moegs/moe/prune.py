@@ -17,12 +17,12 @@ and the gate's per-Gaussian entries are cut with the same mask by
 How much goes is set by ``keep``, the share of the summed contributions that the kept Gaussians
 carry: the fewest Gaussians, largest contributions first, whose contributions add up to that share
 stay. A share does not depend on the image size or the Gaussian count the way a threshold in pixels
-does. On two mixtures of three 20k-Gaussian experts, contributions over 24 training views (``moegs
-pipeline`` runs, then ``moegs prune RUN/mixture --out DIR``; ``prune.json`` gives the threshold a share
-comes to), 80 % is 1.12 px on the demo scene (160x120; 9.1k of 60k Gaussians kept, 23.66 dB after
-fine-tuning, 23.63 unpruned) but 0.17 px on D-NeRF mutant at 100x100, whose Gaussians cover fewer
-pixels (8.5k of 57k kept, 32.82 dB, 32.25 unpruned). A fixed 1 px there kept 1.1k Gaussians and
-32 % of the contributions, and the fine-tuned copy fell to 26.9 dB.
+does. On two mixtures of three 20k-Gaussian experts after stage 3, contributions over 24 training views
+(``moegs pipeline`` runs, then ``moegs prune RUN/mixture --out DIR [--keep SHARE]``; ``prune.json``
+gives the threshold a share comes to), 80 % is 1.13 px on the demo scene (160x120; 9.0k of 60k
+Gaussians kept, 23.59 dB after fine-tuning, 23.60 unpruned) but 0.17 px on D-NeRF mutant at 100x100,
+whose Gaussians cover fewer pixels (8.5k of 57k kept, 32.82 dB, 32.25 unpruned). There 1 px is a share
+of 32 % (``--keep 0.32``): 1.1k Gaussians kept, 26.76 dB after fine-tuning.
 
 Pruning alone must stay gentle (97 %) to keep the image; :func:`prune_and_finetune` prunes harder
 and then fine-tunes experts, gates and router jointly for a few hundred steps (stage 3 of
@@ -48,9 +48,9 @@ from .trainer import MixtureTrainer
 __all__ = ["DEFAULT_KEEP", "remove_gaussians", "contributions", "contribution_threshold", "gate_prune",
            "prune_and_finetune"]
 
-# Share of the summed contributions the Gaussians kept by pruning alone carry. On the demo's mixture
-# (gates router, 3 experts, 160x120, 24 training views) 97 % keeps 23k of 60k Gaussians (0.2 px) at the
-# unpruned test PSNR.
+# Share of the summed contributions the Gaussians kept by pruning alone carry. On a fresh demo's mixture
+# (gates router, 3 experts, 160x120) 97 % keeps 23.9k of 60k Gaussians at 23.59 dB against 23.60 unpruned
+# (PruneConfig's docstring gives the command).
 DEFAULT_KEEP = 0.97
 
 
