@@ -16,7 +16,7 @@ import torch
 from conftest import data_path
 from PIL import Image
 
-from moegs.data import DataConfig, panoptic
+from moegs.data import DataConfig, load_scene, panoptic
 from moegs.data.scene import Scene
 from moegs.errors import ConfigError, DataError
 
@@ -110,6 +110,33 @@ def test_views_match_json(root: Path, scene: Scene) -> None:
     test_ids = set(_meta(root, "test")["cam_id"][0])
     assert {v.camera_id for v in scene.train_views} == train_ids
     assert {v.camera_id for v in scene.test_views} == test_ids
+
+
+def test_near_plane_from_rig(root: Path, scene: Scene) -> None:
+    """Each camera clips at a third of its distance to the point nearest every optical axis of the rig
+    (least squares, from the json's w2c), at least 0.2; ``DataConfig.near`` sets one value."""
+    w2c = {}
+    for split in ("train", "test"):
+        meta = _meta(root, split)
+        for t_w2c, t_ids in zip(meta["w2c"], meta["cam_id"]):
+            w2c.update({c: np.array(m, np.float64) for c, m in zip(t_ids, t_w2c)})
+    centers = {c: -m[:3, :3].T @ m[:3, 3] for c, m in w2c.items()}
+    axes = {c: m[2, :3] for c, m in w2c.items()}
+    A = sum(np.eye(3) - np.outer(axes[c], axes[c]) for c in w2c)
+    b = sum((np.eye(3) - np.outer(axes[c], axes[c])) @ centers[c] for c in w2c)
+    look_at = np.linalg.solve(A, b)
+    for v in scene.views:
+        expected = max(0.2, np.linalg.norm(centers[v.camera_id] - look_at) / 3)
+        assert v.camera.near == pytest.approx(expected, rel=1e-4)
+    assert min(v.camera.near for v in scene.views) > 0.5  # the basketball dome: radius about 2.8
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", panoptic.MissingFramesWarning)
+        fixed = load_scene(root, DataConfig(near=0.5, max_frames=1))
+        assert {v.camera.near for v in fixed.views} == {0.5}
+        for bad in (0.0, -1.0, float("nan"), 1e9):
+            with pytest.raises(ConfigError, match="near"):
+                load_scene(root, DataConfig(near=bad, max_frames=1))
 
 
 def test_times_over_loaded_frames(root: Path, scene: Scene) -> None:

@@ -63,4 +63,6 @@ def load_scene(path: str | Path, config: DataConfig | None = None) -> Scene:
         name = detect_format(path)
     scene = _module(name).load(path, config)
     scene.info.setdefault("path", str(path.resolve()))
+    if config.near is not None:
+        scene.set_near(config.near)
     return scene

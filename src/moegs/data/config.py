@@ -106,11 +106,16 @@ class DataConfig:
     num_random_points: int = 100_000
     # Seed for anything random a loader does (point sampling).
     seed: int = 0
+    # Near clipping depth of every camera, in scene units; None: the format's own (the dataset's near
+    # bound where it gives one; Panoptic: a third of each camera's distance to where the rig looks).
+    near: float | None = None
 
     def check(self) -> None:
         """Raise :class:`ConfigError` on values no loader can use."""
         if self.downscale is not None and not (self.downscale > 0 and math.isfinite(self.downscale)):
             raise ConfigError(f"downscale must be a positive number, got {self.downscale}")
+        if self.near is not None and not (self.near > 0 and math.isfinite(self.near)):
+            raise ConfigError(f"near must be a positive number, got {self.near}")
         if self.frame_step < 1:
             raise ConfigError(f"frame_step must be at least 1, got {self.frame_step}")
         if self.max_frames is not None and self.max_frames < 1:
