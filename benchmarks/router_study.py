@@ -10,7 +10,7 @@ The experts are trained once (``moegs demo --out runs/demo`` or ``moegs pipeline
 fresh router over the same frozen experts with the pipeline's mixture budget (``MoEConfig`` with
 800 steps) and only its own fields changed. Each row: test PSNR/SSIM, gain over the best expert on
 the test views, the per-pixel oracle's PSNR (:func:`moegs.moe.evaluate.oracle_headroom`) and the
-oracles choosing one expert per 4x4 and 16x16 tile, and the
+oracles choosing one expert per 4x4 and 16x16 tile or blending the experts best per tile, and the
 fraction of the oracle's headroom realised on the test views and on training views. With several
 seeds, the mean and spread (min..max) of each variant's gain come last. ``results.json`` under
 ``--out`` holds every row.
@@ -205,6 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "test_ssim": summary.get("test_ssim"), "best_expert": mixture.names[test["best_expert"]],
                    "gain_db": test["gain_db"], "oracle_psnr": test["oracle_psnr"],
                    **{f"oracle{b}_psnr": x for b, x in test["block_oracle_psnr"].items()},
+                   **{f"blend{b}_psnr": x for b, x in test["blend_oracle_psnr"].items()},
                    "realised_test": test["realised"],
                    "realised_train": train["realised"], "gain_train_db": train["gain_db"],
                    **({"gain_vs_given_db": test["mixture_psnr"] - given_best} if given_best is not None else {}),
@@ -213,7 +214,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(format_table([row], [c for c in row if c != "command"]), flush=True)
     print("\n== router study (held-out cameras) ==")
     print(format_table(rows, ["variant", "seed", "test_psnr", "test_ssim", "best_expert", "gain_db", "oracle_psnr",
-                              *(f"oracle{b}_psnr" for b in ORACLE_BLOCKS), "realised_test", "realised_train"]
+                              *(f"oracle{b}_psnr" for b in ORACLE_BLOCKS), *(f"blend{b}_psnr" for b in ORACLE_BLOCKS),
+                              "realised_test", "realised_train"]
                        + (["gain_vs_given_db"] if given_best is not None else []) + ["command"]))
     if len(args.seeds) > 1:
         agg = []

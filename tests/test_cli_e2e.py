@@ -98,6 +98,7 @@ def test_pipeline_writes_a_report(tiny, tmp_path):
         assert h["oracle_psnr"] >= max(h["expert_psnr"]) - 1e-9 and "| oracle PSNR |" in report
         # and the oracle choosing per 16x16 tile lies between the best expert and it
         assert max(h["expert_psnr"]) - 1e-9 <= h["block_oracle_psnr"]["16"] <= h["oracle_psnr"] + 1e-9
-    assert "| oracle 16x16 |" in report
+        assert h["blend_oracle_psnr"]["16"] >= h["block_oracle_psnr"]["16"] - 1e-6
+    assert "| oracle 16x16 |" in report and "| blend 16x16 |" in report
     for f in data["figures"]:
         assert (tmp_path / "p" / f).exists()

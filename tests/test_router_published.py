@@ -10,7 +10,7 @@ from moegs.eval import evaluate_expert
 from moegs.eval.metrics import psnr
 from moegs.moe import MixtureTrainer, PublishedGate, Router, RouterInputs, published_config
 from moegs.moe.distill import DistillTrainer, distill, finetune, finetune_config, masked_distill_loss, teacher_targets
-from moegs.moe.evaluate import oracle_headroom, oracle_image
+from moegs.moe.evaluate import blend_oracle_image, oracle_headroom, oracle_image
 from moegs.train import TrainConfig
 
 from test_moe import H, W, make_mixture, plane_scene
@@ -130,6 +130,35 @@ def test_block_oracle_matches_brute_force():
         oracle_image(colors, target, 0)
 
 
+def test_blend_oracle_is_the_best_blend_per_tile():
+    g = torch.Generator().manual_seed(4)
+    colors = torch.rand(3, 9, 10, 3, generator=g) * 1.2 - 0.1
+    c = colors.clamp(0, 1)
+    # a target that is a convex blend of the experts in each 4x4 tile is reproduced exactly
+    w = torch.distributions.Dirichlet(torch.ones(3)).sample((3, 3))  # [3, 3 tiles, K]
+    wmap = w.permute(2, 0, 1).repeat_interleave(4, 1).repeat_interleave(4, 2)[:, :9, :10]
+    exact = torch.einsum("khw,khwc->hwc", wmap, c)
+    assert torch.allclose(blend_oracle_image(colors, exact, 4), exact, atol=1e-5)
+    # on any target: no blend on the 0.02 simplex grid does better on any tile, and the corners
+    # (the choosing oracle) and the plain average are among the blends
+    target = torch.rand(9, 10, 3, generator=g)
+    step = 0.02
+    grid = torch.tensor([(a * step, b * step, 1 - (a + b) * step) for a in range(51) for b in range(51 - a)])
+    for b in (3, 4, 16):
+        got = blend_oracle_image(colors, target, b)
+        for i0 in range(0, 9, b):
+            for j0 in range(0, 10, b):
+                tile = (slice(i0, i0 + b), slice(j0, j0 + b))
+                err = float(((got[tile] - target[tile]) ** 2).sum())
+                blends = torch.einsum("mk,khwc->mhwc", grid, c[:, tile[0], tile[1]])
+                assert err <= float(((blends - target[tile]) ** 2).sum((1, 2, 3)).min()) + 1e-6
+        assert float(((got - target) ** 2).sum()) <= float(((oracle_image(colors, target, b) - target) ** 2).sum()) + 1e-6
+    with pytest.raises(ValueError):
+        blend_oracle_image(colors, target, 0)
+    with pytest.raises(ValueError):
+        blend_oracle_image(colors, target[:4], 4)
+
+
 def test_oracle_headroom_on_complementary_experts(scene):
     # Expert 0 is wrong on the left half, expert 1 on the right: the oracle is far above both.
     mixture, *_ = make_mixture(scene, "uniform")
@@ -148,6 +177,8 @@ def test_oracle_headroom_on_complementary_experts(scene):
     assert set(blocks) == {4, 16}
     assert best - 1e-6 <= blocks[16] <= blocks[4] + 1e-6 <= res["oracle_psnr"] + 2e-6
     assert blocks[4] > best + 5
+    blends = res["blend_oracle_psnr"]  # blending per tile does at least as well as choosing per tile
+    assert set(blends) == {4, 16} and all(blends[b] >= blocks[b] - 1e-6 for b in blends)
 
 
 def test_masked_distillation_loss_is_its_formula():

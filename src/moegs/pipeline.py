@@ -179,15 +179,18 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
                f"scale (what stage 3 must beat): {fair:+.2f} dB")
     lines += ["", vs + ".", "",
               "Per-pixel oracle (at each pixel the expert closest to the ground truth), the share of its "
-              "headroom over the best expert the router realises, and the oracles choosing one expert per "
-              "tile of b x b pixels (what a router whose choice varies no faster than the tiles could reach):", "",
+              "headroom over the best expert the router realises, the oracles choosing one expert per "
+              "tile of b x b pixels, and those taking the best blend of the experts per tile (what a router whose "
+              "choice, or weights, vary no faster than the tiles could reach):", "",
               "| views | mixture PSNR | best expert PSNR | oracle PSNR | headroom realised | "
-              + " | ".join(f"oracle {b}x{b}" for b in ORACLE_BLOCKS) + " |",
-              "|---|---|---|---|---|" + "---|" * len(ORACLE_BLOCKS)]
+              + " | ".join(f"oracle {b}x{b}" for b in ORACLE_BLOCKS) + " | "
+              + " | ".join(f"blend {b}x{b}" for b in ORACLE_BLOCKS) + " |",
+              "|---|---|---|---|---|" + "---|" * 2 * len(ORACLE_BLOCKS)]
     for split, h in head.items():
         lines.append(f"| {split} ({len(scene.test_views)}) | {h['mixture_psnr']:.2f} | {max(h['expert_psnr']):.2f} | "
                      f"{h['oracle_psnr']:.2f} | {100 * h['realised']:.0f} % | "
-                     + " | ".join(f"{h['block_oracle_psnr'][b]:.2f}" for b in ORACLE_BLOCKS) + " |")
+                     + " | ".join(f"{h[key][b]:.2f}" for key in ("block_oracle_psnr", "blend_oracle_psnr")
+                                  for b in ORACLE_BLOCKS) + " |")
     lines += ["",
               "Mean per-pixel weight of each expert on the test views: "
               + ", ".join(f"{n} {u:.2f}" for n, u in zip(mixture.names, usage["usage"])), "",

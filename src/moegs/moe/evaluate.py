@@ -15,7 +15,7 @@ from ..eval import evaluate_renderer
 from ..eval.metrics import psnr
 from .mixture import Mixture
 
-__all__ = ["evaluate_mixture", "oracle_image", "oracle_headroom", "ORACLE_BLOCKS"]
+__all__ = ["evaluate_mixture", "oracle_image", "blend_oracle_image", "oracle_headroom", "ORACLE_BLOCKS"]
 
 # Tile sizes (pixels) of the coarser oracles reported beside the per-pixel one.
 ORACLE_BLOCKS = (4, 16)
@@ -51,6 +51,65 @@ def oracle_image(expert_colors: Tensor, target: Tensor, block: int = 1) -> Tenso
     return torch.gather(c, 0, best[None, ..., None].expand(1, *target.shape))[0]
 
 
+def _project_simplex(w: Tensor) -> Tensor:
+    """Euclidean projection of each row of ``w`` ``[T, K]`` onto the probability simplex (sort-based)."""
+    u = w.sort(dim=-1, descending=True).values
+    css = u.cumsum(-1) - 1
+    k = torch.arange(1, w.shape[-1] + 1, dtype=w.dtype, device=w.device)
+    rho = (u - css / k > 0).sum(-1, keepdim=True)  # [T, 1], at least 1
+    theta = css.gather(-1, rho - 1) / rho.to(w.dtype)
+    return (w - theta).clamp_min(0)
+
+
+def blend_oracle_image(expert_colors: Tensor, target: Tensor, block: int, iters: int = 500) -> Tensor:
+    """The blend oracle: in every ``block`` x ``block`` tile the convex blend of the experts closest to ``target``.
+
+    The weights ``w`` (``w_k >= 0``, ``sum_k w_k = 1``) of each tile minimise the squared error over the
+    tile, ``w^T A w - 2 b^T w`` with ``A_kl = mean_p <c_k(p), c_l(p)>`` and ``b_k = mean_p <c_k(p), y(p)>``,
+    solved by accelerated projected gradient (FISTA) to convergence. This is what a router whose weights
+    vary over the image no faster than the tiles could reach at best, blending rather than choosing:
+    at least :func:`oracle_image` of the same ``block``, whose choices are the simplex's corners.
+
+    Args:
+        expert_colors: ``[K, H, W, 3]`` each expert's render (blended clamped to ``[0, 1]``).
+        target: ``[H, W, 3]`` the ground truth.
+        block: tile size in pixels (edge tiles may be smaller).
+        iters: projected-gradient iterations.
+
+    Returns:
+        ``[H, W, 3]`` each tile's best blend.
+    """
+    if expert_colors.ndim != 4 or expert_colors.shape[1:] != target.shape:
+        raise ValueError(f"expert colours {tuple(expert_colors.shape)} do not match the target {tuple(target.shape)}")
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    c = expert_colors.clamp(0, 1).double()
+    y = target.double()
+    K, H, W = c.shape[:3]
+
+    def tile_means(x: Tensor) -> Tensor:  # [M, H, W] -> [M, Th * Tw]; a tile's scale leaves its minimiser alone
+        return F.avg_pool2d(x[None], block, stride=block, ceil_mode=True)[0].flatten(1)
+
+    ii, jj = torch.triu_indices(K, K)
+    pairs = tile_means((c[ii] * c[jj]).sum(-1))  # [P, T]
+    A = c.new_zeros(K, K, pairs.shape[1])
+    A[ii, jj] = pairs
+    A[jj, ii] = pairs
+    A = A.permute(2, 0, 1)  # [T, K, K]
+    b = tile_means((c * y).sum(-1)).T  # [T, K]
+    step = 1.0 / torch.linalg.eigvalsh(A)[:, -1:].clamp_min(1e-12)  # [T, 1]: 1 / L on half the gradient, A w - b
+    w = torch.full_like(b, 1.0 / K)
+    z, t = w, 1.0
+    for _ in range(iters):
+        w_next = _project_simplex(z - step * (torch.einsum("tkl,tl->tk", A, z) - b))
+        t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        z = w_next + ((t - 1) / t_next) * (w_next - w)
+        w, t = w_next, t_next
+    th, tw = -(-H // block), -(-W // block)
+    wmap = w.T.reshape(K, th, tw).repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :H, :W]
+    return torch.einsum("khw,khwc->hwc", wmap, c).to(target.dtype)
+
+
 @torch.no_grad()
 def oracle_headroom(mixture: Mixture, scene: Scene, views: list[View], blocks: tuple[int, ...] = ORACLE_BLOCKS) -> dict:
     """The mixture, each expert and the oracles (:func:`oracle_image`, per pixel and per tile) on ``views``.
@@ -61,7 +120,8 @@ def oracle_headroom(mixture: Mixture, scene: Scene, views: list[View], blocks: t
         ``mixture_psnr``, ``expert_psnr`` ``[K]``, ``best_expert`` (index of the highest mean),
         ``oracle_psnr`` (per pixel), ``gain_db`` (mixture - best expert), ``realised``: the fraction of the
         per-pixel oracle's headroom the mixture reaches, ``gain_db / (oracle_psnr - best expert)``, and
-        ``block_oracle_psnr``: ``{b: PSNR}`` of the oracle choosing per ``b`` x ``b`` tile for each of ``blocks``.
+        ``block_oracle_psnr``: ``{b: PSNR}`` of the oracle choosing per ``b`` x ``b`` tile for each of ``blocks``,
+        and ``blend_oracle_psnr``: the same for the best blend per tile (:func:`blend_oracle_image`).
     """
     rows = []
     was_training = mixture.training
@@ -72,17 +132,19 @@ def oracle_headroom(mixture: Mixture, scene: Scene, views: list[View], blocks: t
             gt = scene.image(v).to(out.color.device)
             rows.append([psnr(out.color, gt), psnr(oracle_image(out.expert_colors, gt), gt)]
                         + [psnr(oracle_image(out.expert_colors, gt, b), gt) for b in blocks]
+                        + [psnr(blend_oracle_image(out.expert_colors, gt, b), gt) for b in blocks]
                         + [psnr(c, gt) for c in out.expert_colors])
     finally:
         mixture.train(was_training)
     m = np.mean(np.array(rows, dtype=np.float64), axis=0)
-    experts = [float(x) for x in m[2 + len(blocks):]]
+    experts = [float(x) for x in m[2 + 2 * len(blocks):]]
     best = int(np.argmax(experts))
     gain = float(m[0]) - experts[best]
     room = float(m[1]) - experts[best]
     return {"mixture_psnr": float(m[0]), "expert_psnr": experts, "best_expert": best, "oracle_psnr": float(m[1]),
             "gain_db": gain, "realised": gain / room if room > 1e-9 else float("nan"),
-            "block_oracle_psnr": {b: float(x) for b, x in zip(blocks, m[2:2 + len(blocks)])}}
+            "block_oracle_psnr": {b: float(x) for b, x in zip(blocks, m[2:2 + len(blocks)])},
+            "blend_oracle_psnr": {b: float(x) for b, x in zip(blocks, m[2 + len(blocks):2 + 2 * len(blocks)])}}
 
 
 @torch.no_grad()
