@@ -113,6 +113,10 @@ def test_bad_flags(tmp_path, capsys):
     code, line = _run(["train", str(data_path("dnerf_mutant")), "--set", "expert.no_such_option=1", "--out",
                        str(tmp_path / "run")], capsys)
     assert code == 2 and "no_such_option" in line
+    for near, words in (("-1", "near must be a positive number"), ("1000", "not below camera")):
+        code, line = _run(["train", str(data_path("dnerf_mutant")), "--near", near, "--out", str(tmp_path / "run")],
+                          capsys)
+        assert code == 2 and line.startswith("moegs: error:") and words in line
     assert not (tmp_path / "run").exists()
 
 

@@ -31,6 +31,8 @@ def _data_config(args: argparse.Namespace):
         cfg.max_frames = args.max_frames
     if getattr(args, "points", None) is not None:
         cfg.points = args.points
+    if getattr(args, "near", None) is not None:
+        cfg.near = args.near
     return cfg
 
 
@@ -42,6 +44,7 @@ def _add_data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frame-step", type=int, help="keep every k-th frame")
     p.add_argument("--max-frames", type=int, help="keep at most this many frames")
     p.add_argument("--points", help="initial points: auto (the folder's, else SfM), sfm, random, or a .ply/.npz/COLMAP model")
+    p.add_argument("--near", type=float, help="near plane of every camera, scene units (default: the format's own)")
 
 
 def _set_given(cfg, args: argparse.Namespace, fields: dict[str, str]) -> None:
@@ -132,7 +135,7 @@ def _data_config_from(payload: dict, args: argparse.Namespace):
     d = (payload.get("train_config") or {}).get("data")
     cfg = from_dict(DataConfig, d) if d else DataConfig()
     over = _data_config(args)
-    for k in ("format", "downscale", "frame_step", "max_frames", "points"):
+    for k in ("format", "downscale", "frame_step", "max_frames", "points", "near"):
         v = getattr(args, k, None)
         if v is not None:
             setattr(cfg, k, getattr(over, k))

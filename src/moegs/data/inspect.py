@@ -39,8 +39,8 @@ def inspect_scene(path: str | Path, config: DataConfig | None = None) -> dict:
     Keys: ``path``, ``format``, ``on_disk`` (files found), and when the scene loads:
     ``cameras``, ``views_listed`` (train + test views the loader made), ``frames``
     (distinct times), ``resolution_original``, ``resolution_loaded``,
-    ``time_range``, ``train_views``, ``test_views``, ``initial_points``,
-    ``extent``, ``info`` (the loader's own notes); when it does not, ``error``.
+    ``time_range``, ``near_range`` (the cameras' near planes), ``train_views``, ``test_views``,
+    ``initial_points``, ``extent``, ``info`` (the loader's own notes); when it does not, ``error``.
 
     Raises:
         DataError: if the folder is missing or of no known format.
@@ -62,6 +62,7 @@ def inspect_scene(path: str | Path, config: DataConfig | None = None) -> dict:
         resolution_original=tuple(scene.info.get("original_resolution", scene.resolution())),
         resolution_loaded=scene.resolution(),
         time_range=(times[0], times[-1]),
+        near_range=(min(v.camera.near for v in scene.views), max(v.camera.near for v in scene.views)),
         train_views=len(scene.train_views),
         test_views=len(scene.test_views),
         initial_points=len(scene.points),
@@ -98,6 +99,7 @@ def print_inspection(path: str | Path, config: DataConfig | None = None, console
         ("resolution_original", "resolution (original)"),
         ("resolution_loaded", "resolution (loaded)"),
         ("time_range", "time range"),
+        ("near_range", "near planes"),
         ("train_views", "train views"),
         ("test_views", "test views"),
         ("initial_points", "initial points"),
