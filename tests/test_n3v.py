@@ -160,14 +160,21 @@ def test_random_points_lie_in_frusta(tmp_path):
     write_n3v_scene(tmp_path / "s", ring_c2w(3), frames=1, bounds=(1.0, 6.0))
     scene = load_scene(tmp_path / "s", DataConfig(format="n3v", num_random_points=300, seed=3))
     assert scene.points.shape == (300, 3) and scene.point_colors.shape == (300, 3)
-    inside = torch.zeros(300, dtype=torch.bool)
-    for cam in {v.camera_id: v.camera for v in scene.views}.values():
-        uv, z = cam.project(scene.points)
-        ok = (z > 1.0 - 1e-4) & (z < 6.0 + 1e-4) & (uv[:, 0] >= -1e-3) & (uv[:, 0] <= cam.width + 1e-3)
-        inside |= ok & (uv[:, 1] >= -1e-3) & (uv[:, 1] <= cam.height + 1e-3)
-    assert inside.all()
+
+    def inside(scene, near: float) -> bool:
+        hit = torch.zeros(300, dtype=torch.bool)
+        for cam in {v.camera_id: v.camera for v in scene.views}.values():
+            uv, z = cam.project(scene.points)
+            ok = (z > near - 1e-4) & (z < 6.0 + 1e-4) & (uv[:, 0] >= -1e-3) & (uv[:, 0] <= cam.width + 1e-3)
+            hit |= ok & (uv[:, 1] >= -1e-3) & (uv[:, 1] <= cam.height + 1e-3)
+        return bool(hit.all())
+
+    assert inside(scene, 1.0) and not inside(scene, 3.0)
     again = load_scene(tmp_path / "s", DataConfig(format="n3v", num_random_points=300, seed=3))
     assert torch.equal(again.points, scene.points)
+    # a near plane set by DataConfig.near clips the cameras and bounds the random points alike
+    clipped = load_scene(tmp_path / "s", DataConfig(format="n3v", num_random_points=300, seed=3, near=3.0))
+    assert {v.camera.near for v in clipped.views} == {3.0} and inside(clipped, 3.0)
 
 
 def test_points_from_ply(tmp_path):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .config import DataConfig
 from .scene import ArrayImage, FrameCache, ImageSource, Scene, View
 
@@ -63,6 +63,7 @@ def load_scene(path: str | Path, config: DataConfig | None = None) -> Scene:
         name = detect_format(path)
     scene = _module(name).load(path, config)
     scene.info.setdefault("path", str(path.resolve()))
-    if config.near is not None:
-        scene.set_near(config.near)
+    for v in scene.views if config.near is not None else ():
+        if not config.near < v.camera.far:
+            raise ConfigError(f"near {config.near} is not below camera {v.camera.name!r}'s far plane {v.camera.far}")
     return scene

@@ -106,9 +106,14 @@ class DataConfig:
     num_random_points: int = 100_000
     # Seed for anything random a loader does (point sampling).
     seed: int = 0
-    # Near clipping depth of every camera, in scene units; None: the format's own (the dataset's near
-    # bound where it gives one; Panoptic: a third of each camera's distance to where the rig looks).
+    # Near clipping depth of every camera, in scene units, for training, rendering and the initial points
+    # alike; None: the format's own (N3V's near bound, D-NeRF 0.1, Panoptic a third of each camera's
+    # distance to where the rig looks, others 0.01).
     near: float | None = None
+
+    def near_or(self, default: float) -> float:
+        """The near plane a loader gives a camera whose format says ``default``: :attr:`near` when set."""
+        return float(default) if self.near is None else float(self.near)
 
     def check(self) -> None:
         """Raise :class:`ConfigError` on values no loader can use."""

@@ -208,8 +208,10 @@ def _split_views(
     indices: list[int],
     times: list[float],
     downscale: float,
+    near: float,
 ) -> list[View]:
-    """Views of the frames ``indices`` of one split, cameras at the image size divided by ``downscale``."""
+    """Views of the frames ``indices`` of one split, cameras at the image size divided by ``downscale``, clipped
+    at ``near``."""
     ax = _angle(meta, "camera_angle_x", json_path)
     ay = _angle(meta, "camera_angle_y", json_path) if "camera_angle_y" in meta else None
     views: list[View] = []
@@ -226,7 +228,7 @@ def _split_views(
         cam = Camera(
             world_to_camera=torch.from_numpy(blender_to_opencv_w2c(c2w)).float(),
             fx=fx, fy=fy, cx=0.5 * w, cy=0.5 * h, width=w, height=h,
-            near=NEAR, far=FAR, time=times[i],
+            near=near, far=FAR, time=times[i],
             name=img.relative_to(root).with_suffix("").as_posix(),
         )
         if downscale != 1.0:
@@ -251,8 +253,9 @@ def load(path: Path, config: DataConfig) -> Scene:
     train_idx = list(range(len(splits["train"][2])))[:: config.frame_step][: config.max_frames]
     if not train_idx:
         raise DataError(paths["train"], "lists no frames")
-    train_views = _split_views(root, *splits["train"], train_idx, times["train"], downscale)
-    test_views = _split_views(root, *splits["test"], list(range(len(splits["test"][2]))), times["test"], downscale)
+    train_views = _split_views(root, *splits["train"], train_idx, times["train"], downscale, config.near_or(NEAR))
+    test_views = _split_views(root, *splits["test"], list(range(len(splits["test"][2]))), times["test"], downscale,
+                              config.near_or(NEAR))
     if config.max_frames is not None:  # evaluate only within the trained time range
         t_max = max(v.time for v in train_views)
         test_views = [v for v in test_views if v.time <= t_max + 1e-9]

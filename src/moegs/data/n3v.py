@@ -289,7 +289,7 @@ def load(path: Path, config: DataConfig) -> Scene:
             cy=float(h) / 2,
             width=int(round(w)),
             height=int(round(h)),
-            near=float(bounds[i, 0]),
+            near=config.near_or(bounds[i, 0]),
             far=float(bounds[i, 1]),
             name=video.stem,
         )

@@ -181,12 +181,14 @@ def axes_center(cameras: list[Camera]) -> Tensor:
     return torch.linalg.solve(A, b).float()
 
 
-def _clip_near_rig(views: dict[str, list[View]]) -> dict[str, list[View]]:
-    """``views`` with each camera's near plane at ``NEAR_FRACTION`` of its distance to :func:`axes_center`
-    of the whole rig (every camera of both splits: where the dome looks), at least ``NEAR_MIN``."""
+def _clip_near(views: dict[str, list[View]], near_all: float | None) -> dict[str, list[View]]:
+    """``views`` with each camera's near plane at ``near_all``, or when ``None`` at ``NEAR_FRACTION`` of its
+    distance to :func:`axes_center` of the whole rig (every camera of both splits: where the dome looks), at
+    least ``NEAR_MIN``."""
     rig = {v.camera_id: v.camera for split in views.values() for v in split}
     center = axes_center(list(rig.values()))
-    near = {k: max(NEAR_MIN, NEAR_FRACTION * float((cam.center - center).norm())) for k, cam in rig.items()}
+    near = {k: near_all if near_all is not None else max(NEAR_MIN, NEAR_FRACTION * float((cam.center - center).norm()))
+            for k, cam in rig.items()}
     return {split: [dataclasses.replace(v, camera=dataclasses.replace(v.camera, near=near[v.camera_id]))
                     for v in vs] for split, vs in views.items()}
 
@@ -288,7 +290,7 @@ def load(path: Path, config: DataConfig) -> Scene:
     all_views = {
         split: [view(e, w, h) for t in frames for e in entries[t]] for split, (w, h, entries) in metas.items()
     }
-    all_views = _clip_near_rig(all_views)
+    all_views = _clip_near(all_views, config.near)
     if config.test_cameras is None:
         train_views, test_views = all_views["train"], all_views["test"]
     else:

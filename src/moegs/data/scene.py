@@ -8,7 +8,6 @@ LRU cache, so a 6000-frame multi-view video never has to fit in memory.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ import torch
 from torch import Tensor
 
 from ..cameras import Camera
-from ..errors import ConfigError
 
 __all__ = ["ArrayImage", "ImageSource", "View", "Scene", "FrameCache", "DEFAULT_CACHE_BYTES"]
 
@@ -149,14 +147,6 @@ class Scene:
         return img
 
     # --------------------------------------------------------------- geometry
-    def set_near(self, near: float) -> None:
-        """Clip every view's camera at depth ``near`` (``DataConfig.near``)."""
-        for views in (self.train_views, self.test_views):
-            for i, v in enumerate(views):
-                if not near < v.camera.far:
-                    raise ConfigError(f"near {near} is not below camera {v.camera.name!r}'s far plane {v.camera.far}")
-                views[i] = dataclasses.replace(v, camera=dataclasses.replace(v.camera, near=float(near)))
-
     @property
     def views(self) -> list[View]:
         return self.train_views + self.test_views

@@ -92,7 +92,7 @@ def load(path: Path, config: DataConfig) -> Scene:
         file = image_dir / im.name
         size = read_image_size(file)
         try:
-            cam = to_camera(im, cam_model, name=Path(im.name).stem)
+            cam = to_camera(im, cam_model, name=Path(im.name).stem, near=config.near_or(0.01))
         except DataError as e:
             cameras_file = next(f for f in (model_dir / "cameras.bin", model_dir / "cameras.txt") if f.is_file())
             raise DataError(cameras_file, e.problem) from e

@@ -156,7 +156,7 @@ def load(path: Path, config: DataConfig) -> Scene:
             cy=p["cv"],
             width=w,
             height=h,
-            near=0.01,
+            near=config.near_or(0.01),
             far=100.0,
             name=f"cam{cam_id:02d}",
             metadata={"skew": p["sk"], "distortion": p["distortion"]},
