@@ -26,7 +26,9 @@ given experts (each with its checkpoint's training config and budget) are traine
 cameras (Panoptic's cameras by number: ``--router-cameras 5 20``), into
 ``--out``/``experts_without_router_cameras``, and every variant's router is trained on the held-back
 cameras' views only. Each row then also gives the gain over the best of the given experts, which saw
-every training camera (the fair baseline: what a user gets without the mixture).
+every training camera (the fair baseline: what a user gets without the mixture). A router without
+Gaussian gates (``pixel_rgb``) is also used over those given experts (``stacked_gain_db``): stacking,
+a router trained on renders of cameras its experts did not see, then blending experts that saw them all.
 """
 
 from __future__ import annotations
@@ -139,6 +141,15 @@ def best_psnr(ckpts: list[Path], scene: Scene) -> float:
         return max(psnr(c) for c in ckpts)
 
 
+def stacked_psnr(mixture, ckpts: list[Path], scene: Scene) -> float:
+    """Test PSNR of ``mixture``'s router over the experts ``ckpts`` instead of its own (same order): a router
+    trained on cameras its experts never saw, then used with experts that saw every camera. Only routers
+    without Gaussian gates carry over (gates belong to their experts' Gaussians)."""
+    mixture.experts = torch.nn.ModuleList([load_expert(c)[0] for c in ckpts])
+    mixture.clear_cache()
+    return oracle_headroom(mixture, scene, scene.test_views)["mixture_psnr"]
+
+
 def command(args: argparse.Namespace) -> str:
     """The command line that reproduces a row, without its variant and seed."""
     src = f"--pipeline {args.pipeline}" if args.pipeline else "--experts " + " ".join(str(e) for e in args.experts)
@@ -183,7 +194,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     base.data.downscale = args.downscale
     scene = load_scene(args.scene, base.data)
     ckpts = expert_checkpoints(args)
-    given_best = None
+    given_best, given = None, ckpts
     if args.router_cameras:
         expert_scene, scene = split_router_cameras(scene, args.router_cameras)
         given_best = best_psnr(ckpts, scene)
@@ -209,6 +220,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                    "realised_test": test["realised"],
                    "realised_train": train["realised"], "gain_train_db": train["gain_db"],
                    **({"gain_vs_given_db": test["mixture_psnr"] - given_best} if given_best is not None else {}),
+                   **({"stacked_gain_db": stacked_psnr(mixture, given, scene) - given_best}
+                      if given_best is not None and not mixture.router.uses_gates else {}),
                    "command": f"{command(args)} --variants {name} --seeds {seed}"}
             rows.append(row)
             print(format_table([row], [c for c in row if c != "command"]), flush=True)
@@ -216,7 +229,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(format_table(rows, ["variant", "seed", "test_psnr", "test_ssim", "best_expert", "gain_db", "oracle_psnr",
                               *(f"oracle{b}_psnr" for b in ORACLE_BLOCKS), *(f"blend{b}_psnr" for b in ORACLE_BLOCKS),
                               "realised_test", "realised_train"]
-                       + (["gain_vs_given_db"] if given_best is not None else []) + ["command"]))
+                       + (["gain_vs_given_db", "stacked_gain_db"] if given_best is not None else []) + ["command"]))
     if len(args.seeds) > 1:
         agg = []
         for name in args.variants:
