@@ -38,6 +38,7 @@ import torch  # noqa: E402
 
 from moegs.data import DataConfig, load_scene  # noqa: E402
 from moegs.data.synthetic import ensure_default_scene  # noqa: E402
+from moegs.runtime import tune_allocator  # noqa: E402
 from moegs.experts import EXPERTS, build_expert  # noqa: E402
 from moegs.render import (background_or_none, bin_gaussians, blend_background, project_and_color,  # noqa: E402
                           resolve_backend)
@@ -215,7 +216,10 @@ def main() -> None:
     ap.add_argument("--downscale", type=float, default=None,
                     help="image downscale factor (default: 1 for the demo scene, the format's own otherwise)")
     ap.add_argument("--threads", type=int, default=None, help="torch (and native op) threads")
+    ap.add_argument("--no-tune-allocator", action="store_true",
+                    help="leave glibc malloc as it is (the moegs command line tunes it: moegs.runtime.tune_allocator)")
     args = ap.parse_args()
+    tuned = False if args.no_tune_allocator else tune_allocator()
     names = [n for n in args.experts.split(",") if n]
     for n in names:
         if n not in EXPERTS:
@@ -230,8 +234,8 @@ def main() -> None:
         rows.append(row)
         comps.append(comp)
     v = scene.train_views[0].camera
-    print(f"\nscene {scene.name} at {v.width}x{v.height}, {torch.get_num_threads()} threads; ms per step, "
-          f"median of {args.repeats}\n")
+    print(f"\nscene {scene.name} at {v.width}x{v.height}, {torch.get_num_threads()} threads, allocator "
+          f"{'tuned' if tuned else 'as is'}; ms per step, median of {args.repeats}\n")
     print("| expert | N | SH | deform | project+colour | composite fwd | loss | backward | strategy | optimizer | step "
           "| composite fwd+bwd alone | step / composite | deform fwd+bwd alone | bound |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

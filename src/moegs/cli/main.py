@@ -330,9 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from ..errors import MoegsError
 
+    from ..runtime import tune_allocator
+
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.simplefilter("default")
+    tune_allocator()
     try:
         return int(args.func(args) or 0)
     except MoegsError as e:
