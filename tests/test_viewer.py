@@ -17,6 +17,7 @@ from PIL import Image
 from moegs.cli.main import main
 from moegs.experts import render_expert
 from moegs.viewer import FREE, WEIGHTS, ViewModel, Viewer, ViewerConfig
+from moegs.viewer.model import FREE_NEAR
 
 CHROMIUM = Path("/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.sync_api")
@@ -213,13 +214,22 @@ def test_without_its_scene_the_free_camera_still_works(runs, tmp_path):
 
             def free_render(f, cam):
                 ref = model.render(cam, model.times[0], model.modes[0]).astype(np.float64) / 255.0
-                return cam.name == "free" and f.std() > 0.02 and _psnr(f, ref) > PSNR_BAR
+                return cam.name == "free" and cam.near == model.near and f.std() > 0.02 and _psnr(f, ref) > PSNR_BAR
 
             view.wait_for(free_render, "a free-camera frame")
             assert "free camera only" in view.page.inner_text("body")
             assert view.errors == []
         finally:
             view.close()
+
+
+def test_free_camera_clips_where_the_scene_cameras_do(runs, tmp_path):
+    model = ViewModel.load(runs / "static", backend="cpu")
+    assert model.near == min(v.camera.near for v in model.scene.views) > FREE_NEAR
+    moved = ViewModel.load(runs / "static", data_overrides={"near": 0.3}, backend="cpu")
+    assert moved.near == 0.3 and {v.camera.near for v in moved.scene.views} == {0.3}
+    assert ViewModel.load(runs / "static", data=tmp_path / "gone", backend="cpu").near == FREE_NEAR
+    assert ViewModel.load(runs / "static", data=tmp_path / "gone", data_overrides={"near": 0.3}).near == 0.3
 
 
 def _one_error_line(capsys, argv) -> str:
@@ -234,6 +244,7 @@ def test_bad_input_is_one_line(runs, tmp_path, capsys):
     assert "without checkpoints" in _one_error_line(capsys, ["view", str(tmp_path / "empty_run")])
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     assert "not a readable checkpoint" in _one_error_line(capsys, ["view", str(tmp_path / "junk.pt")])
+    assert "near must be a positive number" in _one_error_line(capsys, ["view", str(runs / "static"), "--near", "-1"])
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

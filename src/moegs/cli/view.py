@@ -17,7 +17,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     if args.device:
         cfg.device = args.device
     cfg.check()
-    overrides = {k: getattr(args, k) for k in ("format", "downscale") if getattr(args, k) is not None}
+    overrides = {k: getattr(args, k) for k in ("format", "downscale", "near") if getattr(args, k) is not None}
     try:
         model = ViewModel.load(args.checkpoint, args.data, overrides, backend=cfg.backend, device=cfg.device)
     except KeyboardInterrupt:  # Ctrl-C while loading: nothing to keep or resume
@@ -42,6 +42,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--data", help="scene folder, for its cameras (default: the one it was trained on)")
     p.add_argument("--format", choices=sorted(FORMATS), help="force the scene's format (default: detected)")
     p.add_argument("--downscale", type=float, help="scene image downscale (default: the training run's)")
+    p.add_argument("--near", type=float, help="near plane of every camera, the free one included (default: the "
+                   "scene cameras' own; the free camera takes the smallest)")
     p.add_argument("--host", default=d.host, help=f"address to listen on (default: {d.host}, this machine only)")
     p.add_argument("--port", type=int, default=d.port, help=f"port (default: {d.port}; 0 picks a free one)")
     p.add_argument("--max-side", type=int, default=d.max_side, help=f"longest side of a still frame (default: {d.max_side})")

@@ -22,9 +22,9 @@ def fit_size(aspect: float, max_side: int) -> tuple[int, int]:
 
 
 def camera_from_pose(position: np.ndarray, wxyz: np.ndarray, fov: float, width: int, height: int,
-                     time: float = 0.0) -> Camera:
+                     time: float = 0.0, near: float = 0.01) -> Camera:
     """A pinhole camera at ``position`` ``[3]`` with camera-to-world rotation ``wxyz`` ``[4]`` and vertical
-    field of view ``fov`` (radians), square pixels, principal point at the centre."""
+    field of view ``fov`` (radians), square pixels, principal point at the centre, clipped at ``near``."""
     R = vtf.SO3(np.asarray(wxyz, dtype=np.float64)).as_matrix()  # camera -> world
     w2c = np.eye(4)
     w2c[:3, :3] = R.T
@@ -32,7 +32,7 @@ def camera_from_pose(position: np.ndarray, wxyz: np.ndarray, fov: float, width: 
     f = 0.5 * height / math.tan(0.5 * fov)
     return Camera(torch.tensor(w2c, dtype=torch.float32), f,  # cpu: camera poses are host-side values
                   f, width / 2.0, height / 2.0, width, height,
-                  time=float(time), name="free")
+                  near=float(near), time=float(time), name="free")
 
 
 def pose_of(camera: Camera) -> tuple[np.ndarray, np.ndarray]:

@@ -29,6 +29,8 @@ from ..train.trainer import resolve_device
 __all__ = ["ViewModel", "BLEND", "WEIGHTS"]
 
 BLEND = "blend"
+# Near plane of the free camera when neither the data nor a scene gives one.
+FREE_NEAR = 0.01
 WEIGHTS = "expert weights"
 
 
@@ -46,6 +48,9 @@ class ViewModel:
         background: ``[3]`` colour behind the Gaussians.
         pruned: the gate-pruned copy of ``mixture`` once :meth:`pruned_mixture` made it.
         prune_counts: its ``{"before", "removed", "after"}`` Gaussian counts.
+        near: near plane of the free camera: the data's ``near`` when set, else the smallest of the scene
+            cameras' (the depth the model was trained to be seen from; Panoptic's cameras clip the dome's
+            wall), else :data:`FREE_NEAR`.
     """
 
     path: Path
@@ -58,6 +63,7 @@ class ViewModel:
     backend: str = "auto"
     pruned: Mixture | None = None
     prune_counts: dict = field(default_factory=dict)
+    near: float = FREE_NEAR
 
     @classmethod
     def load(cls, checkpoint: str | Path, data: str | Path | None = None, data_overrides: dict | None = None,
@@ -85,6 +91,7 @@ class ViewModel:
         cfg = from_dict(DataConfig, data_dict) if data_dict else DataConfig()
         for k, v in (data_overrides or {}).items():
             setattr(cfg, k, v)
+        cfg.check()  # a bad override is the user's error, not a scene that cannot be read
         scene, notice = None, ""
         folder = data or recorded
         if folder is None:
@@ -96,8 +103,10 @@ class ViewModel:
                 notice = f"scene not loaded ({e}): free camera only"
         bg = mixture.background if mixture is not None else (scene.background if scene is not None
                                                               else torch.zeros(3, device=dev))
+        near = cfg.near if cfg.near is not None else (min(v.camera.near for v in scene.views) if scene is not None
+                                                      else FREE_NEAR)
         return cls(path, expert, mixture, sorted(float(t) for t in times), scene, notice, bg.to(dev).float(),
-                   backend)
+                   backend, near=near)
 
     # ------------------------------------------------------------------ facts
     @property

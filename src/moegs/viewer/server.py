@@ -98,7 +98,8 @@ class _Client:
         if not cam.image_height:
             return None
         w, h = fit_size(cam.aspect, max_side)
-        return camera_from_pose(np.asarray(cam.position), np.asarray(cam.wxyz), float(cam.fov), w, h, t)
+        return camera_from_pose(np.asarray(cam.position), np.asarray(cam.wxyz), float(cam.fov), w, h, t,
+                                near=self.viewer.model.near)
 
     def _loop(self) -> None:
         v = self.viewer
