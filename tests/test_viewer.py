@@ -17,7 +17,7 @@ from PIL import Image
 from moegs.cli.main import main
 from moegs.experts import render_expert
 from moegs.viewer import FREE, WEIGHTS, ViewModel, Viewer, ViewerConfig
-from moegs.viewer.model import FREE_NEAR
+from moegs.viewer.camera import FREE_NEAR
 
 CHROMIUM = Path("/usr/bin/chromium")
 playwright = pytest.importorskip("playwright.sync_api")

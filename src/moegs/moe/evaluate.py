@@ -61,12 +61,13 @@ def _project_simplex(w: Tensor) -> Tensor:
     return (w - theta).clamp_min(0)
 
 
-def blend_oracle_image(expert_colors: Tensor, target: Tensor, block: int, iters: int = 500) -> Tensor:
+def blend_oracle_image(expert_colors: Tensor, target: Tensor, block: int, iters: int = 1000,
+                       tol: float = 1e-6) -> Tensor:
     """The blend oracle: in every ``block`` x ``block`` tile the convex blend of the experts closest to ``target``.
 
     The weights ``w`` (``w_k >= 0``, ``sum_k w_k = 1``) of each tile minimise the squared error over the
     tile, ``w^T A w - 2 b^T w`` with ``A_kl = mean_p <c_k(p), c_l(p)>`` and ``b_k = mean_p <c_k(p), y(p)>``,
-    solved by accelerated projected gradient (FISTA) to convergence. This is what a router whose weights
+    solved by accelerated projected gradient (FISTA) until no weight moves by more than ``tol``. This is what a router whose weights
     vary over the image no faster than the tiles could reach at best, blending rather than choosing:
     at least :func:`oracle_image` of the same ``block``, whose choices are the simplex's corners.
 
@@ -74,7 +75,8 @@ def blend_oracle_image(expert_colors: Tensor, target: Tensor, block: int, iters:
         expert_colors: ``[K, H, W, 3]`` each expert's render (blended clamped to ``[0, 1]``).
         target: ``[H, W, 3]`` the ground truth.
         block: tile size in pixels (edge tiles may be smaller).
-        iters: projected-gradient iterations.
+        iters: at most this many projected-gradient iterations.
+        tol: convergence threshold on the largest change of a weight in one iteration.
 
     Returns:
         ``[H, W, 3]`` each tile's best blend.
@@ -104,7 +106,10 @@ def blend_oracle_image(expert_colors: Tensor, target: Tensor, block: int, iters:
         w_next = _project_simplex(z - step * (torch.einsum("tkl,tl->tk", A, z) - b))
         t_next = (1 + (1 + 4 * t * t) ** 0.5) / 2
         z = w_next + ((t - 1) / t_next) * (w_next - w)
+        moved = float((w_next - w).abs().max())
         w, t = w_next, t_next
+        if moved <= tol:
+            break
     th, tw = -(-H // block), -(-W // block)
     wmap = w.T.reshape(K, th, tw).repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :H, :W]
     return torch.einsum("khw,khwc->hwc", wmap, c).to(target.dtype)

@@ -11,7 +11,10 @@ import viser.transforms as vtf
 
 from ..cameras import Camera
 
-__all__ = ["camera_from_pose", "pose_of", "fit_size", "letterbox", "vertical_fov_to_show"]
+__all__ = ["camera_from_pose", "pose_of", "fit_size", "letterbox", "vertical_fov_to_show", "FREE_NEAR"]
+
+# Near plane of the free camera when neither the data nor a scene gives one.
+FREE_NEAR = 0.01
 
 
 def fit_size(aspect: float, max_side: int) -> tuple[int, int]:
@@ -22,7 +25,7 @@ def fit_size(aspect: float, max_side: int) -> tuple[int, int]:
 
 
 def camera_from_pose(position: np.ndarray, wxyz: np.ndarray, fov: float, width: int, height: int,
-                     time: float = 0.0, near: float = 0.01) -> Camera:
+                     time: float = 0.0, near: float = FREE_NEAR) -> Camera:
     """A pinhole camera at ``position`` ``[3]`` with camera-to-world rotation ``wxyz`` ``[4]`` and vertical
     field of view ``fov`` (radians), square pixels, principal point at the centre, clipped at ``near``."""
     R = vtf.SO3(np.asarray(wxyz, dtype=np.float64)).as_matrix()  # camera -> world

@@ -25,12 +25,11 @@ from ..train.checkpoint import FORMAT as EXPERT_FORMAT
 from ..train.checkpoint import expert_from_payload, load_checkpoint, resolve_checkpoint
 from ..train.config import from_dict
 from ..train.trainer import resolve_device
+from .camera import FREE_NEAR
 
 __all__ = ["ViewModel", "BLEND", "WEIGHTS"]
 
 BLEND = "blend"
-# Near plane of the free camera when neither the data nor a scene gives one.
-FREE_NEAR = 0.01
 WEIGHTS = "expert weights"
 
 
