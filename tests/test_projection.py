@@ -119,6 +119,14 @@ def test_forward_and_gradients_match_reference(sh_degree):
     assert (grads[0].abs().sum(-1) > 0).all()
 
 
+@pytest.mark.parametrize("n", [1, 5, 13, 403])
+def test_counts_off_the_block_width_match_reference(n):
+    """The native op takes Gaussians eight at a time: a short last block (its spare lanes repeat a Gaussian)
+    changes nothing."""
+    cam = make_camera()
+    assert_matches(make_gaussians(n, cam, sh_bases=16), cam, 3)
+
+
 @pytest.mark.parametrize("sh_degree", [None, 3])
 def test_gradients_where_upstream_reaches_only_some_outputs(sh_degree):
     """Gaussians no upstream gradient reaches (as the compositing leaves hidden or culled ones) get exact
