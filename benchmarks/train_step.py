@@ -9,7 +9,12 @@ alone, and the ratio step / compositing (what a step costs beyond the kernel tha
 The last columns bound that ratio from below by what the expert's own method costs: its
 deformation (``gaussians_at``: motion, or the neural field and its heads) forward + backward
 alone, plus the optimizer step over its parameters, i.e. (compositing + deformation fwd+bwd +
-optimizer) / compositing; no change outside the expert's method can bring a step below it.
+optimizer) / compositing; no change outside the expert's method can bring a step below it. For the
+experts with a network, a second bound asks what the network's arithmetic alone would cost at the
+machine's peak: the matrix-product FLOPs of its deformation forward + backward (torch's
+``FlopCounterMode``) at the FLOP rate of a large float32 matrix product measured on the spot,
+(compositing + FLOPs / peak) / compositing; no implementation of the same network, however fused,
+gets under it.
 A second table times the pure-PyTorch reference projection + colour against the fused native
 op on the same Gaussians (forward, and forward + backward). Medians over ``--repeats`` steps. A
 third gives the cost of one OpenMP region under the wait policy in effect (``OMP_WAIT_POLICY``,
@@ -35,6 +40,7 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from moegs.data import DataConfig, load_scene  # noqa: E402
 from moegs.data.synthetic import ensure_default_scene  # noqa: E402
@@ -119,6 +125,27 @@ def deform_alone(expert, t: float) -> float:
     return clock() - t0
 
 
+def deform_flops(expert, t: float) -> int:
+    """Matrix-product FLOPs (``FlopCounterMode``: matmuls and convolutions) of :func:`deform_alone`."""
+    with FlopCounterMode(display=False) as counter:
+        deform_alone(expert, t)
+    return counter.get_total_flops()
+
+
+def gemm_peak(repeats: int = 5) -> float:
+    """FLOP/s of a 2048 x 2048 float32 matrix product on torch's threads (the best of ``repeats``)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * 2048**3 / (best * 1e-3)
+
+
+def _timed(fn) -> float:
+    t0 = clock()
+    fn()
+    return clock() - t0
+
+
 def projection_compare(expert, camera, repeats: int) -> dict[str, float]:
     """Median ms of the torch reference and the fused projection + colour, forward and forward + backward."""
     gs = expert.gaussians_at(float(camera.time))
@@ -198,6 +225,8 @@ def bench_expert(name: str, scene, args) -> tuple[dict, dict]:
            "step": statistics.median(full), "comp": statistics.median(alone), "deform_alone": statistics.median(deform)}
     row["ratio"] = row["step"] / row["comp"]
     row["bound"] = (row["comp"] + row["deform_alone"] + row["optimizer"]) / row["comp"]
+    row["gflop"] = deform_flops(tr.expert, float(frame[2].time)) / 1e9
+    row["flop_bound"] = (row["comp"] + row["gflop"] * 1e9 / args.peak * 1e3) / row["comp"]
     cam = tr.view_for_step(0).camera
     return row, {"expert": name, **projection_compare(tr.expert, cam, args.repeats)}
 
@@ -228,6 +257,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     downscale = args.downscale if args.downscale is not None or args.scene else 1.0
     scene = load_scene(args.scene or ensure_default_scene(), DataConfig(downscale=downscale))
+    args.peak = gemm_peak()
     rows, comps = [], []
     for n in names:
         row, comp = bench_expert(n, scene, args)
@@ -235,13 +265,15 @@ def main() -> None:
         comps.append(comp)
     v = scene.train_views[0].camera
     print(f"\nscene {scene.name} at {v.width}x{v.height}, {torch.get_num_threads()} threads, allocator "
-          f"{'tuned' if tuned else 'as is'}; ms per step, median of {args.repeats}\n")
+          f"{'tuned' if tuned else 'as is'}; ms per step, median of {args.repeats}; float32 matrix products "
+          f"at {args.peak / 1e9:.0f} GFLOP/s\n")
     print("| expert | N | SH | deform | project+colour | composite fwd | loss | backward | strategy | optimizer | step "
-          "| composite fwd+bwd alone | step / composite | deform fwd+bwd alone | bound |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| composite fwd+bwd alone | step / composite | deform fwd+bwd alone | bound | network GFLOP | bound at peak FLOP/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['expert']} | {r['N']} | {r['sh']} | " + " | ".join(f"{r[k]:.1f}" for k in PHASES)
-              + f" | {r['step']:.1f} | {r['comp']:.1f} | {r['ratio']:.2f}x | {r['deform_alone']:.1f} | {r['bound']:.2f}x |")
+              + f" | {r['step']:.1f} | {r['comp']:.1f} | {r['ratio']:.2f}x | {r['deform_alone']:.1f} | {r['bound']:.2f}x "
+              f"| {r['gflop']:.2f} | {r['flop_bound']:.2f}x |")
     print("\n| expert | torch fwd | fused fwd | speed-up | torch fwd+bwd | fused fwd+bwd | speed-up |")
     print("|---|---|---|---|---|---|---|")
     for c in comps:
