@@ -113,22 +113,31 @@ def composite_alone(frame, bins, camera) -> float:
     return clock() - t0
 
 
+def _deform_outputs(expert, t: float) -> list:
+    """The expert's deformation at ``t`` (``gaussians_at``) as scalars whose gradients are every output's 1."""
+    gs = expert.gaussians_at(t)
+    colors = gs.colors if isinstance(gs.colors, tuple) else (gs.colors,)
+    return [x.sum() for x in (gs.means, gs.quats, gs.log_scales, gs.opacity_logits, *colors) if x.requires_grad]
+
+
 def deform_alone(expert, t: float) -> float:
     """ms of the expert's deformation forward + backward on its own (every output's gradient 1; the
     parameters' ``.grad`` is left untouched)."""
     params = [p for p in expert.parameters() if p.requires_grad]
     t0 = clock()
-    gs = expert.gaussians_at(t)
-    colors = gs.colors if isinstance(gs.colors, tuple) else (gs.colors,)
-    outs = [x.sum() for x in (gs.means, gs.quats, gs.log_scales, gs.opacity_logits, *colors) if x.requires_grad]
-    torch.autograd.grad(outs, params, allow_unused=True)
+    torch.autograd.grad(_deform_outputs(expert, t), params, allow_unused=True)
     return clock() - t0
 
 
 def deform_flops(expert, t: float) -> int:
-    """Matrix-product FLOPs (``FlopCounterMode``: matmuls and convolutions) of :func:`deform_alone`."""
+    """Matrix-product FLOPs (``FlopCounterMode``: matmuls and convolutions) of :func:`deform_alone`'s work (the
+    parameters' ``.grad`` is restored after)."""
+    params = [p for p in expert.parameters() if p.requires_grad]
+    saved = [p.grad for p in params]
     with FlopCounterMode(display=False) as counter:
-        deform_alone(expert, t)
+        torch.autograd.backward(_deform_outputs(expert, t))
+    for p, g in zip(params, saved):
+        p.grad = g
     return counter.get_total_flops()
 
 
