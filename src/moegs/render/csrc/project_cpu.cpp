@@ -17,7 +17,11 @@
 // double either way (ill-conditioned 2D covariances - needle-like Gaussians - lose digits in
 // det = ac - b^2 otherwise), so float32 results are the correctly rounded double ones.
 //
-// Parallelism: OpenMP over Gaussians with at::get_num_threads() threads (the same count as
+// Vectorisation: both passes take eight Gaussians at a time (kLanes), one per lane of a vector of
+// doubles, so the geometry, radii, SH basis and their gradients run as vector instructions; the
+// colour sums and the coefficients' gradients, which read each Gaussian's own row, stay per Gaussian.
+//
+// Parallelism: OpenMP over blocks of Gaussians with at::get_num_threads() threads (the same count as
 // torch's intra-op pool, so the native ops never oversubscribe the cores). Every Gaussian
 // reads and writes only its own slots: no atomics, results independent of the thread count.
 
