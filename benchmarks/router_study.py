@@ -19,7 +19,9 @@ seeds, the mean and spread (min..max) of each variant's gain come last. ``result
 with ``J`` joint steps, against each expert fine-tuned alone for the same ``J`` steps at the same
 learning-rate scale. ``--distill-steps N`` fine-tunes the mixture's best expert for ``N`` steps with
 the router-masked loss (:func:`moegs.moe.distill.distill`) and, for the same steps, on the ground truth
-alone (:func:`moegs.moe.distill.finetune`).
+alone (:func:`moegs.moe.distill.finetune`). The teacher is the first variant's router over the experts as
+trained, or with ``--teacher pipeline`` the ``--pipeline`` folder's own mixture (after its joint steps; its
+experts are then the ones fine-tuned).
 
 ``--router-cameras cam02 cam06`` tests a router trained on cameras its experts never saw: the
 given experts (each with its checkpoint's training config and budget) are trained again without those
@@ -173,12 +175,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--joint-steps", type=int, default=0, help="stage-3 comparison with this many steps (0: skip)")
     p.add_argument("--distill-steps", type=int, default=0, help="distillation comparison steps (0: skip)")
     p.add_argument("--lam", type=float, default=0.5, help="distillation: share of the ground-truth term")
+    p.add_argument("--teacher", choices=("study", "pipeline"), default="study",
+                   help="distillation's teacher: the first variant's router trained here, or the --pipeline "
+                        "folder's own mixture")
     p.add_argument("--router-cameras", nargs="+", default=[], metavar="CAM",
                    help="train the experts without these cameras and the router on them only")
     p.add_argument("--out", type=Path, default=Path("runs/router_study"))
     args = p.parse_args(argv)
     if not args.experts and not args.pipeline:
         p.error("give --pipeline or --experts")
+    if args.teacher == "pipeline" and not args.pipeline:
+        p.error("--teacher pipeline needs --pipeline")
     return args
 
 
@@ -246,7 +253,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.joint_steps > 0:
         results["stage3"] = stage3(args, scene, ckpts, variant_config(base, name, seed), run, tcfg)
     if args.distill_steps > 0:
-        results["distillation"] = distillation(args, scene, run, tcfg)
+        teacher = args.pipeline / "mixture" if args.teacher == "pipeline" else run
+        results["distillation"] = distillation(args, scene, teacher, tcfg)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     return rows
@@ -284,7 +292,7 @@ def distillation(args, scene, run: Path, tcfg: TrainConfig) -> list[dict]:
     k, N = h["best_expert"], args.distill_steps
     _, d = distill(mixture, k, scene, N, tcfg, lam=args.lam)
     _, f = finetune(mixture.experts[k], scene, N, tcfg)
-    rows = [{"model": f"{mixture.names[k]} as trained", "test_psnr": h["expert_psnr"][k]},
+    rows = [{"model": f"{mixture.names[k]} as the teacher holds it", "test_psnr": h["expert_psnr"][k]},
             {"model": f"{mixture.names[k]} + {N} steps, router-masked loss (lambda {args.lam})", "test_psnr": d["psnr"],
              "test_ssim": d["ssim"]},
             {"model": f"{mixture.names[k]} + {N} steps, ground truth alone", "test_psnr": f["psnr"], "test_ssim": f["ssim"]},
