@@ -35,23 +35,23 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <limits>
-#include <cstdint>
 #include <type_traits>
 
 #include "project.h"
 
 namespace {
 
-// The geometry and the SH basis are written once for T = double (one Gaussian: the backward) and for
-// T = Vec (kLanes Gaussians at once: the forward), with GCC/Clang vector extensions; where the CPU's
-// registers are narrower than a Vec the compiler splits it. Select/Min/Max/Sqrt/Ceil serve both.
+// Both passes compute on Vec: kLanes Gaussians at once, one per lane (GCC/Clang vector extensions; where the
+// CPU's registers are narrower than a Vec the compiler splits it). The helpers below keep the per-Gaussian
+// formulas readable: a condition is a lane mask and Select picks per lane.
 constexpr int kLanes = 8;
 typedef double Vec __attribute__((vector_size(kLanes * sizeof(double))));
 
 template <typename T>
-using MaskOf = decltype(T{} < T{});  // bool for double, a vector of 0 / -1 for Vec
+using MaskOf = decltype(T{} < T{});  // for Vec a vector of 0 / -1 per lane
 
 template <typename T>
 inline T Splat(double v) { return T{} + v; }
@@ -62,13 +62,11 @@ template <typename T>
 inline T Max(T a, T b) { return Select(a < b, b, a); }
 template <typename T>
 inline T Min(T a, T b) { return Select(b < a, b, a); }
-inline double Sqrt(double a) { return std::sqrt(a); }
 inline Vec Sqrt(Vec a) {
   Vec r;
   for (int i = 0; i < kLanes; ++i) r[i] = __builtin_sqrt(a[i]);
   return r;
 }
-inline double Ceil(double a) { return std::ceil(a); }
 inline Vec Ceil(Vec a) {
   Vec r;
   for (int i = 0; i < kLanes; ++i) r[i] = __builtin_ceil(a[i]);
@@ -227,28 +225,28 @@ struct ShParts {
   int64_t Count() const { return na + nb; }
 };
 
-// Per-Gaussian geometry shared by the forward and the backward.
+// Per-Gaussian geometry (one lane per Gaussian) shared by the forward and the backward.
 template <typename T>
 struct Geometry {
-  T p[3];            // camera-space centre
-  MaskOf<T> in_depth;  // near < z < far
-  T zs;           // z, or 1 when outside the depth range
-  T u, v;         // x / zs, y / zs before clamping
-  T tx, ty;       // clamped centre used by the Jacobian
-  T J[6];         // [2, 3] row-major
-  T T2[6];        // J R_w, [2, 3]
-  T qn[4];        // normalised quaternion
-  T qnorm;        // max(|q|, eps)
+  T p[3];             // camera-space centre
+  MaskOf<T> in_depth; // near < z < far
+  T zs;               // z, or 1 when outside the depth range
+  T u, v;             // x / zs, y / zs before clamping
+  T tx, ty;           // clamped centre used by the Jacobian
+  T J[6];             // [2, 3] row-major
+  T T2[6];            // J R_w, [2, 3]
+  T qn[4];            // normalised quaternion
+  T qnorm;            // max(|q|, eps)
   T rot[9];
-  T s[3];         // exp(log_scales)
-  T M[9];         // rot * diag(s)
-  T cov[6];       // 3D covariance, upper triangle xx xy xz yy yz zz
-  T a, b, c;      // 2D covariance (with blur)
-  MaskOf<T> valid;   // in_depth && det > eps
-  T det_s;        // det, or 1 when invalid
+  T s[3];             // exp(log_scales)
+  T M[9];             // rot * diag(s)
+  T cov[6];           // 3D covariance, upper triangle xx xy xz yy yz zz
+  T a, b, c;          // 2D covariance (with blur)
+  MaskOf<T> valid;    // in_depth && det > eps
+  T det_s;            // det, or 1 when invalid
 };
 
-// The geometry of one Gaussian (or of a Vec of them): centre m, quaternion q and scales s = exp(log_scales)
+// The geometry of a Vec of Gaussians: centre m, quaternion q and scales s = exp(log_scales)
 // (the caller takes the exponential).
 template <typename T>
 inline void ComputeGeometry(const Camera<double>& cam, const T m[3], const T q[4], const T s[3], Geometry<T>& g) {
