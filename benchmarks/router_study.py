@@ -174,7 +174,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-views", type=int, default=12, help="training views (evenly spaced) for the headroom")
     p.add_argument("--joint-steps", type=int, default=0, help="stage-3 comparison with this many steps (0: skip)")
     p.add_argument("--distill-steps", type=int, default=0, help="distillation comparison steps (0: skip)")
-    p.add_argument("--lam", type=float, default=0.5, help="distillation: share of the ground-truth term")
+    p.add_argument("--lam", type=float, nargs="+", default=[0.5],
+                   help="distillation: share of the ground-truth term (several: one student each)")
     p.add_argument("--teacher", choices=("study", "pipeline"), default="study",
                    help="distillation's teacher: the first variant's router trained here, or the --pipeline "
                         "folder's own mixture")
@@ -290,11 +291,11 @@ def distillation(args, scene, run: Path, tcfg: TrainConfig) -> list[dict]:
     mixture, _ = load_mixture(run / "checkpoints" / "last.pt")
     h = oracle_headroom(mixture, scene, scene.test_views)
     k, N = h["best_expert"], args.distill_steps
-    _, d = distill(mixture, k, scene, N, tcfg, lam=args.lam)
+    students = [(lam, distill(mixture, k, scene, N, tcfg, lam=lam)[1]) for lam in args.lam]
     _, f = finetune(mixture.experts[k], scene, N, tcfg)
     rows = [{"model": f"{mixture.names[k]} as the teacher holds it", "test_psnr": h["expert_psnr"][k]},
-            {"model": f"{mixture.names[k]} + {N} steps, router-masked loss (lambda {args.lam})", "test_psnr": d["psnr"],
-             "test_ssim": d["ssim"]},
+            *({"model": f"{mixture.names[k]} + {N} steps, router-masked loss (lambda {lam})", "test_psnr": d["psnr"],
+               "test_ssim": d["ssim"]} for lam, d in students),
             {"model": f"{mixture.names[k]} + {N} steps, ground truth alone", "test_psnr": f["psnr"], "test_ssim": f["ssim"]},
             {"model": "mixture (teacher)", "test_psnr": h["mixture_psnr"]}]
     print(f"\n== distillation into {mixture.names[k]} (test views) ==")
