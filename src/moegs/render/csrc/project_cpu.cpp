@@ -49,6 +49,9 @@ namespace {
 // formulas readable: a condition is a lane mask and Select picks per lane.
 constexpr int kLanes = 8;
 typedef double Vec __attribute__((vector_size(kLanes * sizeof(double))));
+// Vec never crosses this file's boundary (every function here is internal), so GCC's note that passing one
+// by value changes the ABI where registers are narrower does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
 
 template <typename T>
 using MaskOf = decltype(T{} < T{});  // for Vec a vector of 0 / -1 per lane
