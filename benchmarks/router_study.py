@@ -215,8 +215,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for seed in args.seeds:
             cfg = variant_config(base, name, seed)
             run = args.out / f"{name}_s{seed}"
-            summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else \
-                train_mixture(ckpts, scene, cfg, run, resume=True, progress=False)
+            # A finished run is picked up where it stopped (no steps left); one over other expert files is refused.
+            summary = train_mixture(ckpts, scene, cfg, run, resume=True, progress=False)
             mixture, _ = load_mixture(run / "checkpoints" / "last.pt")
             test = oracle_headroom(mixture, scene, scene.test_views)
             train = oracle_headroom(mixture, scene, train_views)

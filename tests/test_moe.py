@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from moegs import io
 from moegs.cameras import Camera
 from moegs.data import Scene, View
-from moegs.errors import CheckpointError
+from moegs.errors import CheckpointError, ConfigError
 from moegs.experts import CanonicalConfig, SceneInit
 from moegs.experts.static import StaticConfig, StaticGaussians
 from moegs.moe import ROUTERS, MixtureTrainer, MoEConfig, build_mixture, expert_meta, load_mixture, train_mixture
@@ -206,6 +207,21 @@ def test_checkpoint_save_load_and_resume_reproduces(tmp_path, scene):
     with torch.no_grad():
         assert torch.allclose(full.render(scene.test_views[0]).color, resumed.render(scene.test_views[0]).color,
                               atol=1e-5)
+
+
+def test_resume_refuses_experts_whose_files_changed(tmp_path, scene):
+    """A run resumed over expert checkpoints that were retrained into the same paths would continue with the
+    old experts: the mixture records each file's digest and refuses."""
+    ckpts = _expert_ckpts(tmp_path, scene)
+    cfg = small_config(router="gates", steps=4, checkpoint_every=2)
+    run = tmp_path / "run"
+    train_mixture(ckpts, scene, cfg, run, progress=False)
+    _, payload = load_mixture(run / "checkpoints" / "last.pt")
+    assert [m["digest"] for m in payload["experts"]] == [io.file_digest(p) for p in ckpts]
+    train_mixture(ckpts, scene, cfg, run, resume=True, progress=False)  # the same files: resumes (nothing left)
+    save_expert(ckpts[1], plane_expert(None), None, scene_meta={"extent": 1.0, "times": scene.times})
+    with pytest.raises(ConfigError, match="expert1.pt"):
+        train_mixture(ckpts, scene, cfg, run, resume=True, progress=False)
 
 
 def test_corrupt_mixture_checkpoint_raises(tmp_path, scene):

@@ -7,6 +7,7 @@ hidden ``.<name>.*.tmp`` file, never a half-written target.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -14,13 +15,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-__all__ = ["cache_dir", "atomic_path", "atomic_open", "write_json", "write_text", "torch_save"]
+__all__ = ["cache_dir", "atomic_path", "atomic_open", "write_json", "write_text", "torch_save", "file_digest"]
 
 
 def cache_dir(*parts: str) -> Path:
     """moegs's per-user cache folder (``$MOEGS_CACHE_DIR``, default ``~/.cache/moegs``), or a folder in it."""
     root = Path(os.environ.get("MOEGS_CACHE_DIR") or Path.home() / ".cache" / "moegs")
     return root.joinpath(*parts)
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 (hex) of a file's bytes: what a run records of an input file to recognise it later."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 @contextmanager

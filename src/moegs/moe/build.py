@@ -18,14 +18,16 @@ from .router import GATED, Router, prior_logits
 __all__ = ["build_mixture", "expert_meta", "router_from_config", "spaced_views"]
 
 
-def expert_meta(expert: nn.Module, scene_meta: dict, source: str | None = None, steps: int = 0) -> dict:
+def expert_meta(expert: nn.Module, scene_meta: dict, source: str | None = None, steps: int = 0,
+                digest: str | None = None) -> dict:
     """What a mixture checkpoint keeps of an expert besides its weights (enough to rebuild it).
 
-    ``scene_meta`` holds ``extent`` and ``times``; ``steps`` is how long it was trained alone.
+    ``scene_meta`` holds ``extent`` and ``times``; ``steps`` is how long it was trained alone; ``digest``
+    the SHA-256 of the checkpoint file ``source`` (:func:`moegs.io.file_digest`), which a resumed run checks.
     """
     return {"expert": expert.name, "expert_config": to_dict(expert.config),
             "scene_meta": {"extent": float(scene_meta["extent"]), "times": [float(t) for t in scene_meta["times"]]},
-            "source": source, "steps": int(steps)}
+            "source": source, "steps": int(steps), "digest": digest}
 
 
 def router_from_config(config: MoEConfig, num_experts: int, prior: torch.Tensor | None = None) -> Router:

@@ -61,7 +61,8 @@ def train_mixture(expert_ckpts: list[str | Path], data: str | Path | Scene, conf
     """Train a mixture of the experts in ``expert_ckpts`` on ``data`` into ``run_dir``; returns the summary
     (also in ``summary.json``; test metrics of the mixture and of each expert in ``eval.json``).
 
-    With ``resume``, continues from ``run_dir/checkpoints/last.pt`` when it exists.
+    With ``resume``, continues from ``run_dir/checkpoints/last.pt`` when it exists, provided it was trained
+    over the same expert checkpoints (same order, same file contents).
     """
     config.check()
     if not 2 <= len(expert_ckpts) <= 5:
@@ -79,6 +80,10 @@ def train_mixture(expert_ckpts: list[str | Path], data: str | Path | Scene, conf
         if payload["config"]["router"] != config.router or len(payload["experts"]) != len(expert_ckpts):
             raise ConfigError(f"{last}: holds a {payload['config']['router']!r} mixture of "
                               f"{len(payload['experts'])} experts, not {config.router!r} of {len(expert_ckpts)}")
+        for p, meta in zip(expert_ckpts, payload["experts"]):
+            if meta.get("digest") is not None and io.file_digest(p) != meta["digest"]:
+                raise ConfigError(f"{last}: was trained over another {p} (the file has changed since); "
+                                  "train into a new run directory")
         trainer = MixtureTrainer(mixture, scene, config, [
             {k: v for k, v in m.items() if k != "sh_degree"} for m in payload["experts"]], run_dir)
         trainer.load_state_dict(payload["trainer"])
@@ -89,7 +94,8 @@ def train_mixture(expert_ckpts: list[str | Path], data: str | Path | Scene, conf
             payload = load_checkpoint(p)
             e = expert_from_payload(payload, p, config.experts.get(payload["expert"]))
             experts.append(e)
-            metas.append(expert_meta(e, payload["scene_meta"], str(p), (payload.get("trainer") or {}).get("step", 0)))
+            metas.append(expert_meta(e, payload["scene_meta"], str(p), (payload.get("trainer") or {}).get("step", 0),
+                                     io.file_digest(p)))
         mixture, info = build_mixture(experts, scene, config, device)
         trainer = MixtureTrainer(mixture, scene, config, metas, run_dir, info)
         resumed = None
