@@ -253,9 +253,9 @@ def load(path: Path, config: DataConfig) -> Scene:
     train_idx = list(range(len(splits["train"][2])))[:: config.frame_step][: config.max_frames]
     if not train_idx:
         raise DataError(paths["train"], "lists no frames")
-    train_views = _split_views(root, *splits["train"], train_idx, times["train"], downscale, config.near_or(NEAR))
-    test_views = _split_views(root, *splits["test"], list(range(len(splits["test"][2]))), times["test"], downscale,
-                              config.near_or(NEAR))
+    near = config.near_or(NEAR)
+    train_views = _split_views(root, *splits["train"], train_idx, times["train"], downscale, near)
+    test_views = _split_views(root, *splits["test"], list(range(len(splits["test"][2]))), times["test"], downscale, near)
     if config.max_frames is not None:  # evaluate only within the trained time range
         t_max = max(v.time for v in train_views)
         test_views = [v for v in test_views if v.time <= t_max + 1e-9]

@@ -18,13 +18,13 @@ class PruneConfig:
     """Gate-aware pruning of a trained mixture, then joint fine-tuning of what is left
     (:func:`moegs.moe.prune.prune_and_finetune`; the efficiency table's "pruned" rows, ``moegs prune``).
 
-    Measured on a fresh demo's mixture after stage 3 (160x120, 3 experts of 20k Gaussians, 23.60 dB test
-    PSNR): pruning alone to 97 % of the contributions keeps 23.9k Gaussians at 23.59 dB (``python
+    Measured on a fresh demo's mixture after stage 3 (160x120, 3 experts of 20k Gaussians, 23.56 dB test
+    PSNR): pruning alone to 97 % of the contributions keeps 23.8k Gaussians at 23.55 dB (``python
     benchmarks/moe.py --scene demo --mixture runs/demo/mixture/checkpoints/last.pt --prune-keep 0.97
-    --prune-steps 0``); to 80 % it keeps 9.0k but falls to 20.43 dB (``moegs prune runs/demo/mixture --out DIR
-    --steps 0``). Fine-tuning after pruning wins it back: 400 steps give 23.59 dB, 600 steps 23.50 and 1000
-    steps 23.48 (``--steps N``; more steps fit the training views closer than the held-out camera), so the
-    default is as many as the pipeline's stage 3.
+    --prune-steps 0``); to 80 % it keeps 8.9k but falls to 20.55 dB (``moegs prune runs/demo/mixture --out DIR
+    --steps 0``). Fine-tuning after pruning wins it back: 400 steps give 23.56 dB (the demo's report), 600 steps
+    23.45 and 1000 steps 23.47 (``--steps N``; more steps fit the training views closer than the held-out
+    camera), so the default is as many as the pipeline's stage 3.
     """
 
     # Share of the summed contributions to the blend of the sampled views that the kept Gaussians carry

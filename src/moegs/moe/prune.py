@@ -19,10 +19,11 @@ carry: the fewest Gaussians, largest contributions first, whose contributions ad
 stay. A share does not depend on the image size or the Gaussian count the way a threshold in pixels
 does. On two mixtures of three 20k-Gaussian experts after stage 3, contributions over 24 training views
 (``moegs pipeline`` runs, then ``moegs prune RUN/mixture --out DIR [--keep SHARE]``; ``prune.json``
-gives the threshold a share comes to), 80 % is 1.13 px on the demo scene (160x120; 9.0k of 60k
-Gaussians kept, 23.59 dB after fine-tuning, 23.60 unpruned) but 0.17 px on D-NeRF mutant at 100x100,
-whose Gaussians cover fewer pixels (8.5k of 57k kept, 32.82 dB, 32.25 unpruned). There 1 px is a share
-of 32 % (``--keep 0.32``): 1.1k Gaussians kept, 26.76 dB after fine-tuning.
+gives the threshold a share comes to), 80 % is 1.14 px on the demo scene (160x120; 8.9k of 60k
+Gaussians kept, 23.56 dB after fine-tuning, as unpruned) but 0.17 px on D-NeRF mutant at 100x100,
+whose Gaussians cover fewer pixels (8.6k of 57.5k kept, 32.76 dB, 32.28 unpruned). There 1 px was a share
+of 32 % for an earlier version's mixture (``--keep 0.32``): 1.1k Gaussians kept, 26.76 dB after
+fine-tuning against 32.25 unpruned.
 
 Pruning alone must stay gentle (97 %) to keep the image; :func:`prune_and_finetune` prunes harder
 and then fine-tunes experts, gates and router jointly for a few hundred steps (stage 3 of
@@ -49,7 +50,7 @@ __all__ = ["DEFAULT_KEEP", "remove_gaussians", "contributions", "contribution_th
            "prune_and_finetune"]
 
 # Share of the summed contributions the Gaussians kept by pruning alone carry. On a fresh demo's mixture
-# (gates router, 3 experts, 160x120) 97 % keeps 23.9k of 60k Gaussians at 23.59 dB against 23.60 unpruned
+# (gates router, 3 experts, 160x120) 97 % keeps 23.8k of 60k Gaussians at 23.55 dB against 23.56 unpruned
 # (PruneConfig's docstring gives the command).
 DEFAULT_KEEP = 0.97
 

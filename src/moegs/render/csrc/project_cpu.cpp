@@ -291,6 +291,21 @@ inline void ComputeGeometry(const Camera<double>& cam, const T m[3], const T q[4
   g.det_s = Select(g.valid, det, Splat<T>(1.0));
 }
 
+// The geometry of the kLanes Gaussians from n0 (a short last block repeats its last Gaussian in the spare
+// lanes); m and q keep their centres and raw quaternions, which the passes read again.
+template <typename S>
+inline void BlockGeometry(const Camera<double>& cam, int64_t n0, int lanes, const S* means, const S* quats,
+                          const S* log_scales, Vec m[3], Vec q[4], Geometry<Vec>& g) {
+  Vec s[3];
+  for (int l = 0; l < kLanes; ++l) {
+    const int64_t n = n0 + std::min(l, lanes - 1);
+    for (int j = 0; j < 3; ++j) m[j][l] = double(means[3 * n + j]);
+    for (int j = 0; j < 4; ++j) q[j][l] = double(quats[4 * n + j]);
+    for (int j = 0; j < 3; ++j) s[j][l] = std::exp(double(log_scales[3 * n + j]));
+  }
+  ComputeGeometry(cam, m, q, s, g);
+}
+
 // The forward takes kLanes Gaussians at a time: their inputs are staged as Vecs of doubles, their
 // geometry, radii and SH basis computed in vector registers, and the outputs written back per Gaussian.
 template <typename S>
@@ -303,15 +318,9 @@ void ForwardKernel(const Camera<double>& cam, int64_t N, const S* means, const S
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t n0 = blk * kLanes;
     const int lanes = static_cast<int>(std::min<int64_t>(kLanes, N - n0));
-    Vec m[3], q[4], s[3];  // a short last block repeats its last Gaussian
-    for (int l = 0; l < kLanes; ++l) {
-      const int64_t n = n0 + std::min(l, lanes - 1);
-      for (int j = 0; j < 3; ++j) m[j][l] = double(means[3 * n + j]);
-      for (int j = 0; j < 4; ++j) q[j][l] = double(quats[4 * n + j]);
-      for (int j = 0; j < 3; ++j) s[j][l] = std::exp(double(log_scales[3 * n + j]));
-    }
+    Vec m[3], q[4];
     Geometry<Vec> g;
-    ComputeGeometry(cam, m, q, s, g);
+    BlockGeometry(cam, n0, lanes, means, quats, log_scales, m, q, g);
     const Vec mx = cam.fx * g.p[0] / g.zs + cam.cx;
     const Vec my = cam.fy * g.p[1] / g.zs + cam.cy;
     const Vec conic[3] = {g.c / g.det_s, -g.b / g.det_s, g.a / g.det_s};
@@ -386,21 +395,16 @@ void BackwardKernel(const Camera<double>& cam, int64_t N, const S* means, const 
       for (int l = 0; l < lanes; ++l) write_zeros(l);
       continue;
     }
-    // inputs and upstream gradients; a short last block repeats its last Gaussian with no gradient
-    Vec m[3], q[4], s[3], gmx{}, gmy{}, gcon[3]{}, gdep{};
-    for (int l = 0; l < kLanes; ++l) {
-      const int64_t n = n0 + std::min(l, lanes - 1);
-      for (int j = 0; j < 3; ++j) m[j][l] = double(means[3 * n + j]);
-      for (int j = 0; j < 4; ++j) q[j][l] = double(quats[4 * n + j]);
-      for (int j = 0; j < 3; ++j) s[j][l] = std::exp(double(log_scales[3 * n + j]));
-      if (l < lanes) {
-        gmx[l] = double(g_means2d[2 * n]), gmy[l] = double(g_means2d[2 * n + 1]);
-        for (int j = 0; j < 3; ++j) gcon[j][l] = double(g_conics[3 * n + j]);
-        gdep[l] = double(g_depths[n]);
-      }
-    }
+    Vec m[3], q[4];
     Geometry<Vec> g;
-    ComputeGeometry(cam, m, q, s, g);
+    BlockGeometry(cam, n0, lanes, means, quats, log_scales, m, q, g);
+    Vec gmx{}, gmy{}, gcon[3]{}, gdep{};  // upstream gradients; none in the spare lanes
+    for (int l = 0; l < lanes; ++l) {
+      const int64_t n = n0 + l;
+      gmx[l] = double(g_means2d[2 * n]), gmy[l] = double(g_means2d[2 * n + 1]);
+      for (int j = 0; j < 3; ++j) gcon[j][l] = double(g_conics[3 * n + j]);
+      gdep[l] = double(g_depths[n]);
+    }
     const Vec x = g.p[0], y = g.p[1], zs = g.zs;
     Vec gp[3] = {Vec{}, Vec{}, gdep};  // dL/d p (camera space)
     Vec gzs{};
