@@ -100,5 +100,9 @@ def test_pipeline_writes_a_report(tiny, tmp_path):
         assert max(h["expert_psnr"]) - 1e-9 <= h["block_oracle_psnr"]["16"] <= h["oracle_psnr"] + 1e-9
         assert h["blend_oracle_psnr"]["16"] >= h["block_oracle_psnr"]["16"] - 1e-6
     assert "| oracle 16x16 |" in report and "| blend 16x16 |" in report
+    # a generated scene's report breaks the test PSNR down by its ground-truth components
+    regions = {r["region"]: r for r in data["regions"]}
+    assert "background" in regions and sum(r["share"] for r in regions.values()) == pytest.approx(1.0)
+    assert all(len(r["expert_psnr"]) == 2 for r in regions.values()) and "| background |" in report
     for f in data["figures"]:
         assert (tmp_path / "p" / f).exists()

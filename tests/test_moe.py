@@ -175,6 +175,34 @@ def test_router_routes_each_half_to_the_right_expert(scene, router):
         assert left_to_1 > 0.8 and right_to_0 > 0.8, shares
 
 
+def test_region_psnr_pools_each_region_over_the_views(scene):
+    from moegs.moe import region_psnr
+
+    mixture, *_ = make_mixture(scene, "gates", prior_weight=0.7)
+    views = scene.test_views
+
+    def labels(v):  # left third region 0, right third region 2, the middle in none; region 1 never seen
+        lab = torch.full((H, W), -1, dtype=torch.int64)
+        lab[:, : W // 3], lab[:, -(W // 3):] = 0, 2
+        return lab
+
+    rows = region_psnr(mixture, scene, views, labels, ["left", "unseen", "right"])
+    assert [r["region"] for r in rows] == ["left", "right"]
+    with torch.no_grad():
+        outs = [mixture.render(v) for v in views]
+    for r, cols in zip(rows, (slice(0, W // 3), slice(W - W // 3, W))):
+        assert r["share"] == pytest.approx((W // 3) / W)
+        gts = torch.stack([scene.image(v)[:, cols] for v in views])
+        images = [torch.stack([o.color[:, cols] for o in outs])] + [
+            torch.stack([o.expert_colors[k][:, cols] for o in outs]) for k in range(2)]
+        want = [float(-10 * torch.log10(((x.clamp(0, 1) - gts) ** 2).mean())) for x in images]
+        assert r["mixture_psnr"] == pytest.approx(want[0], abs=1e-4)
+        assert r["expert_psnr"] == pytest.approx(want[1:], abs=1e-4)
+        assert r["best_expert"] == int(np.argmax(want[1:]))
+    # expert 0 is wrong on the left, expert 1 on the right: each region's best is the other one
+    assert [r["best_expert"] for r in rows] == [1, 0]
+
+
 def _expert_ckpts(tmp_path, scene):
     paths = []
     for i, c in enumerate(("left", "right")):

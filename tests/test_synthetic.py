@@ -122,6 +122,36 @@ def test_dynamic_components_occupy_separate_regions(default_gt, footprints):
     assert float(default_gt.render(0, 0, components=("background",)).alpha.min()) > 0.99
 
 
+def test_regions_label_each_pixel_with_the_component_in_front(default_gt, footprints):
+    for k in (0, 11, 23):
+        cam = default_gt.cameras[0].with_time(default_gt.config.times[k])
+        lab = default_gt.regions(cam)
+        assert lab.shape == (cam.height, cam.width) and lab.dtype == torch.int64
+        assert (lab >= 0).all()  # the wall and floor cover the whole image
+        for c in DYNAMIC:
+            alpha = footprints[c][k]
+            # the component's own opaque pixels are its region but where the background is in front of it
+            # (the flag's pole), and no pixel it does not cover is
+            mine = lab[alpha > 0.9]
+            other = mine[mine != COMPONENTS.index(c)]
+            assert (other == COMPONENTS.index("background")).all() and len(other) <= 0.05 * len(mine), c
+            assert not (lab[alpha < 0.05] == COMPONENTS.index(c)).any(), c
+        dynamic = torch.stack([footprints[c][k] for c in DYNAMIC]).sum(0)
+        assert (lab[dynamic < 0.05] == COMPONENTS.index("background")).all()
+    # without the background, pixels nothing covers are -1
+    alone = ground_truth(SyntheticConfig(background=False, deforming_object=False, appearing_objects=False,
+                                         color_changing_object=False))
+    cam = alone.cameras[0]
+    alpha = alone.render(0, 0).alpha
+    lab = alone.regions(cam)
+    assert torch.equal(lab == COMPONENTS.index("rigid"), alpha >= 0.5) and torch.equal(lab == -1, alpha < 0.5)
+
+
+def test_read_config_of_a_generated_folder(small_scene, tmp_path):
+    assert synthetic.read_config(small_scene) == SMALL
+    assert synthetic.read_config(tmp_path) is None
+
+
 def test_static_region_is_constant(default_gt, footprints, small_scene):
     T = default_gt.config.num_frames
     touched = torch.stack([(a > 1e-3).any(0) for a in footprints.values()]).any(0)

@@ -16,8 +16,9 @@ import torch
 
 from . import io
 from .data import DataConfig, Scene, load_scene
+from .data import synthetic
 from .experts import ExpertConfig, expert_config
-from .moe import MoEConfig, load_mixture, oracle_headroom, train_mixture
+from .moe import MoEConfig, load_mixture, oracle_headroom, region_psnr, train_mixture
 from .moe.evaluate import ORACLE_BLOCKS
 from .moe.build import spaced_views
 from .moe.efficiency import efficiency_table, format_efficiency_table
@@ -191,6 +192,18 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
                      f"{h['oracle_psnr']:.2f} | {100 * h['realised']:.0f} % | "
                      + " | ".join(f"{h[key][b]:.2f}" for key in ("block_oracle_psnr", "blend_oracle_psnr")
                                   for b in ORACLE_BLOCKS) + " |")
+    regions = _regions(mixture, scene)
+    if regions:
+        lines += ["", "Test PSNR by region of the generated scene (each pixel labelled with the ground-truth component "
+                  "that contributes most to it; a region's PSNR over all its pixels in the test views together; "
+                  f"each expert as the mixture holds it{', after its joint steps' if config.moe.joint_steps else ''}):",
+                  "", "| region | pixels | " + " | ".join(mixture.names) + " | mixture | mixture - best expert |",
+                  "|---|---|" + "---|" * (len(mixture.names) + 2)]
+        for r in regions:
+            best_r = max(r["expert_psnr"])
+            lines.append(f"| {r['region']} | {100 * r['share']:.1f} % | "
+                         + " | ".join(("**%.2f**" if p == best_r else "%.2f") % p for p in r["expert_psnr"])
+                         + f" | {r['mixture_psnr']:.2f} | {r['mixture_psnr'] - best_r:+.2f} |")
     lines += ["",
               "Mean per-pixel weight of each expert on the test views: "
               + ", ".join(f"{n} {u:.2f}" for n, u in zip(mixture.names, usage["usage"])), "",
@@ -212,7 +225,18 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
     io.write_text(out / "report.md", text)
     return {"table": table, "efficiency": eff, "pruning": pruning, "best_expert": best, "gain_over_best_db": gain,
             "stage3_baseline": baseline, "gain_over_finetuned_best_db": fair, "usage": usage["usage"], "oracle": head,
+            "regions": regions,
             "figures": figures, "video": video.relative_to(out).as_posix()}
+
+
+def _regions(mixture, scene: Scene) -> list[dict]:
+    """:func:`~moegs.moe.region_psnr` on the test views when ``scene`` is a generated scene (whose components
+    label every pixel), else ``[]``."""
+    cfg = synthetic.read_config(scene.info["path"]) if scene.info.get("path") else None
+    if cfg is None:
+        return []
+    gt = synthetic.ground_truth(cfg)
+    return region_psnr(mixture, scene, scene.test_views, lambda v: gt.regions(v.camera), synthetic.COMPONENTS)
 
 
 def _fmt(v) -> str:

@@ -63,6 +63,7 @@ __all__ = [
     "GroundTruth",
     "ground_truth",
     "generate_scene",
+    "read_config",
     "default_scene_path",
     "ensure_default_scene",
 ]
@@ -404,6 +405,20 @@ class GroundTruth:
         t = self.config.times[frame]
         return self.at(t, components).render(self.cameras[camera].with_time(t), backend=backend)
 
+    @torch.no_grad()
+    def regions(self, camera: Camera, backend: Backend = "auto") -> Tensor:
+        """``[H, W]`` int64 index into :data:`COMPONENTS` of the component seen at each pixel of ``camera``
+        (at ``camera.time``, any resolution), -1 where nothing covers the pixel.
+
+        The component is the one with the largest share of the pixel's compositing weights, from one
+        render of the whole scene with each Gaussian's component as a one-hot extra channel, so occlusion
+        is the render's own. A pixel counts as covered where the weights sum to at least one half.
+        """
+        onehot = torch.nn.functional.one_hot(self.labels, len(COMPONENTS)).float()
+        w = self.at(camera.time).render(camera, extras=onehot, backend=backend).extras  # [H, W, C]
+        label = w.argmax(-1)
+        return torch.where(w.sum(-1) >= 0.5, label, torch.full_like(label, -1))
+
 
 @torch.no_grad()
 def ground_truth(config: SyntheticConfig | None = None) -> GroundTruth:
@@ -476,6 +491,15 @@ def _write(folder: Path, config: SyntheticConfig) -> dict:
         "backend": backend,
         "seconds": round(time.perf_counter() - start, 2),
     }
+
+
+def read_config(root: str | Path) -> SyntheticConfig | None:
+    """The :class:`SyntheticConfig` the generated scene in ``root`` was made from (its marker), or ``None``
+    when ``root`` is not a complete generated scene of this version."""
+    marker = _read_marker(Path(root))
+    if marker is None or marker.get("version") != SCENE_VERSION:
+        return None
+    return SyntheticConfig(**marker["config"])
 
 
 def _read_marker(root: Path) -> dict | None:

@@ -4,6 +4,7 @@ much of the per-pixel oracle's headroom over the best expert the router realises
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,7 +16,8 @@ from ..eval import evaluate_renderer
 from ..eval.metrics import psnr
 from .mixture import Mixture
 
-__all__ = ["evaluate_mixture", "oracle_image", "blend_oracle_image", "oracle_headroom", "ORACLE_BLOCKS"]
+__all__ = ["evaluate_mixture", "oracle_image", "blend_oracle_image", "oracle_headroom", "region_psnr",
+           "ORACLE_BLOCKS"]
 
 # Tile sizes (pixels) of the coarser oracles reported beside the per-pixel one.
 ORACLE_BLOCKS = (4, 16)
@@ -150,6 +152,52 @@ def oracle_headroom(mixture: Mixture, scene: Scene, views: list[View], blocks: t
             "gain_db": gain, "realised": gain / room if room > 1e-9 else float("nan"),
             "block_oracle_psnr": {b: float(x) for b, x in zip(blocks, m[2:2 + len(blocks)])},
             "blend_oracle_psnr": {b: float(x) for b, x in zip(blocks, m[2 + len(blocks):2 + 2 * len(blocks)])}}
+
+
+@torch.no_grad()
+def region_psnr(mixture: Mixture, scene: Scene, views: list[View], labels: Callable[[View], Tensor],
+                regions: Sequence[str]) -> list[dict]:
+    """The mixture and each expert, region by region: which expert is best where, and what the blend adds there.
+
+    A region's PSNR is over all of its pixels in all ``views`` together (the mean squared error pooled
+    over them, colours clamped to ``[0, 1]``), so a region seen in few pixels of a view weighs by its
+    pixels, not by its views.
+
+    Args:
+        labels: ``labels(view)`` is ``[H, W]`` int64, each pixel's index into ``regions`` (-1: in none).
+        regions: the regions' names.
+
+    Returns:
+        One dict per region seen in ``views``: ``region``, ``share`` (its fraction of all pixels),
+        ``mixture_psnr``, ``expert_psnr`` ``[K]`` and ``best_expert`` (index of the highest).
+    """
+    R, K = len(regions), mixture.num_experts
+    sse = torch.zeros(R, K + 1, dtype=torch.float64)  # cpu: host-side sums
+    count = torch.zeros(R, dtype=torch.float64)  # cpu: host-side sums
+    total = 0
+    was_training = mixture.training
+    mixture.eval()
+    try:
+        for v in views:
+            out = mixture.render(v)
+            gt = scene.image(v).to(out.color.device)
+            lab = labels(v).to(out.color.device).flatten()
+            images = torch.cat([out.color[None], out.expert_colors]).clamp(0, 1)  # [K + 1, H, W, 3]
+            err = ((images - gt) ** 2).mean(-1).flatten(1).double()  # [K + 1, H * W]
+            inside = lab >= 0
+            sse.index_add_(0, lab[inside].cpu(), err[:, inside].T.cpu())
+            count += torch.bincount(lab[inside].cpu(), minlength=R).double()
+            total += lab.numel()
+    finally:
+        mixture.train(was_training)
+    rows = []
+    for r in range(R):
+        if count[r] == 0:
+            continue
+        p = (-10 * torch.log10(sse[r] / count[r])).tolist()
+        rows.append({"region": regions[r], "share": float(count[r]) / total, "mixture_psnr": p[0],
+                     "expert_psnr": p[1:], "best_expert": int(np.argmax(p[1:]))})
+    return rows
 
 
 @torch.no_grad()
