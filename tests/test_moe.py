@@ -199,6 +199,9 @@ def test_region_psnr_pools_each_region_over_the_views(scene):
         assert r["mixture_psnr"] == pytest.approx(want[0], abs=1e-4)
         assert r["expert_psnr"] == pytest.approx(want[1:], abs=1e-4)
         assert r["best_expert"] == int(np.argmax(want[1:]))
+    # the shares of the mixture's squared error: each region's pooled error, over both regions'
+    mse = [10 ** (-r["mixture_psnr"] / 10) for r in rows]
+    assert [r["error_share"] for r in rows] == pytest.approx([m / sum(mse) for m in mse], abs=1e-6)
     # expert 0 is wrong on the left, expert 1 on the right: each region's best is the other one
     assert [r["best_expert"] for r in rows] == [1, 0]
 

@@ -197,11 +197,11 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
         lines += ["", "Test PSNR by region of the generated scene (each pixel labelled with the ground-truth component "
                   "that contributes most to it; a region's PSNR over all its pixels in the test views together; "
                   f"each expert as the mixture holds it{', after its joint steps' if config.moe.joint_steps else ''}):",
-                  "", "| region | pixels | " + " | ".join(mixture.names) + " | mixture | mixture - best expert |",
-                  "|---|---|" + "---|" * (len(mixture.names) + 2)]
+                  "", "| region | pixels | mixture's squared error | " + " | ".join(mixture.names)
+                  + " | mixture | mixture - best expert |", "|---|---|---|" + "---|" * (len(mixture.names) + 2)]
         for r in regions:
             best_r = max(r["expert_psnr"])
-            lines.append(f"| {r['region']} | {100 * r['share']:.1f} % | "
+            lines.append(f"| {r['region']} | {100 * r['share']:.1f} % | {100 * r['error_share']:.1f} % | "
                          + " | ".join(("**%.2f**" if p == best_r else "%.2f") % p for p in r["expert_psnr"])
                          + f" | {r['mixture_psnr']:.2f} | {r['mixture_psnr'] - best_r:+.2f} |")
     lines += ["",

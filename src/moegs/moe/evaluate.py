@@ -169,6 +169,7 @@ def region_psnr(mixture: Mixture, scene: Scene, views: list[View], labels: Calla
 
     Returns:
         One dict per region seen in ``views``: ``region``, ``share`` (its fraction of all pixels),
+        ``error_share`` (its fraction of the mixture's squared error over all labelled pixels),
         ``mixture_psnr``, ``expert_psnr`` ``[K]`` and ``best_expert`` (index of the highest).
     """
     R, K = len(regions), mixture.num_experts
@@ -195,7 +196,8 @@ def region_psnr(mixture: Mixture, scene: Scene, views: list[View], labels: Calla
         if count[r] == 0:
             continue
         p = (-10 * torch.log10(sse[r] / count[r])).tolist()
-        rows.append({"region": regions[r], "share": float(count[r]) / total, "mixture_psnr": p[0],
+        rows.append({"region": regions[r], "share": float(count[r]) / total,
+                     "error_share": float(sse[r, 0] / sse[:, 0].sum()), "mixture_psnr": p[0],
                      "expert_psnr": p[1:], "best_expert": int(np.argmax(p[1:]))})
     return rows
 
