@@ -2,7 +2,10 @@
 
 This is moegs's embedded default scene (a fresh machine has no dataset) and the
 testbed on which a mixture of dynamic experts must beat each single expert: its
-regions move in different ways, so no one motion model fits all of them.
+regions move in different ways, so no one motion model fits all of them. How far
+that holds for given experts is measured, not assumed: a pipeline's report on a
+generated scene gives every expert's test PSNR region by region
+(:meth:`GroundTruth.regions`, :func:`moegs.moe.region_psnr`).
 
 The ground truth is a set of 3D Gaussians defined procedurally (seeded and
 deterministic). World frame: ``z`` up, the cameras look along ``+y``. Components,
