@@ -4,7 +4,7 @@ much of the per-pixel oracle's headroom over the best expert the router realises
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from torch import Tensor
 from ..data import Scene, View
 from ..eval import evaluate_renderer
 from ..eval.metrics import psnr
-from .mixture import Mixture
+from .mixture import Mixture, MixtureOutput
 
 __all__ = ["evaluate_mixture", "oracle_image", "blend_oracle_image", "oracle_headroom", "region_psnr",
            "ORACLE_BLOCKS"]
@@ -117,6 +117,19 @@ def blend_oracle_image(expert_colors: Tensor, target: Tensor, block: int, iters:
     return torch.einsum("khw,khwc->hwc", wmap, c).to(target.dtype)
 
 
+def _renders(mixture: Mixture, scene: Scene, views: list[View]) -> Iterator[tuple[View, MixtureOutput, Tensor]]:
+    """``(view, mixture output, ground truth [H, W, 3])`` for each of ``views``, rendered in eval mode (the
+    mixture's mode is restored after the last, or when the caller stops early)."""
+    was_training = mixture.training
+    mixture.eval()
+    try:
+        for v in views:
+            out = mixture.render(v)
+            yield v, out, scene.image(v).to(out.color.device)
+    finally:
+        mixture.train(was_training)
+
+
 @torch.no_grad()
 def oracle_headroom(mixture: Mixture, scene: Scene, views: list[View], blocks: tuple[int, ...] = ORACLE_BLOCKS) -> dict:
     """The mixture, each expert and the oracles (:func:`oracle_image`, per pixel and per tile) on ``views``.
@@ -131,18 +144,11 @@ def oracle_headroom(mixture: Mixture, scene: Scene, views: list[View], blocks: t
         and ``blend_oracle_psnr``: the same for the best blend per tile (:func:`blend_oracle_image`).
     """
     rows = []
-    was_training = mixture.training
-    mixture.eval()
-    try:
-        for v in views:
-            out = mixture.render(v)
-            gt = scene.image(v).to(out.color.device)
-            rows.append([psnr(out.color, gt), psnr(oracle_image(out.expert_colors, gt), gt)]
-                        + [psnr(oracle_image(out.expert_colors, gt, b), gt) for b in blocks]
-                        + [psnr(blend_oracle_image(out.expert_colors, gt, b), gt) for b in blocks]
-                        + [psnr(c, gt) for c in out.expert_colors])
-    finally:
-        mixture.train(was_training)
+    for _, out, gt in _renders(mixture, scene, views):
+        rows.append([psnr(out.color, gt), psnr(oracle_image(out.expert_colors, gt), gt)]
+                    + [psnr(oracle_image(out.expert_colors, gt, b), gt) for b in blocks]
+                    + [psnr(blend_oracle_image(out.expert_colors, gt, b), gt) for b in blocks]
+                    + [psnr(c, gt) for c in out.expert_colors])
     m = np.mean(np.array(rows, dtype=np.float64), axis=0)
     experts = [float(x) for x in m[2 + 2 * len(blocks):]]
     best = int(np.argmax(experts))
@@ -176,21 +182,14 @@ def region_psnr(mixture: Mixture, scene: Scene, views: list[View], labels: Calla
     sse = torch.zeros(R, K + 1, dtype=torch.float64)  # cpu: host-side sums
     count = torch.zeros(R, dtype=torch.float64)  # cpu: host-side sums
     total = 0
-    was_training = mixture.training
-    mixture.eval()
-    try:
-        for v in views:
-            out = mixture.render(v)
-            gt = scene.image(v).to(out.color.device)
-            lab = labels(v).to(out.color.device).flatten()
-            images = torch.cat([out.color[None], out.expert_colors]).clamp(0, 1)  # [K + 1, H, W, 3]
-            err = ((images - gt) ** 2).mean(-1).flatten(1).double()  # [K + 1, H * W]
-            inside = lab >= 0
-            sse.index_add_(0, lab[inside].cpu(), err[:, inside].T.cpu())
-            count += torch.bincount(lab[inside].cpu(), minlength=R).double()
-            total += lab.numel()
-    finally:
-        mixture.train(was_training)
+    for v, out, gt in _renders(mixture, scene, views):
+        lab = labels(v).to(out.color.device).flatten()
+        images = torch.cat([out.color[None], out.expert_colors]).clamp(0, 1)  # [K + 1, H, W, 3]
+        err = ((images - gt) ** 2).mean(-1).flatten(1).double()  # [K + 1, H * W]
+        inside = lab >= 0
+        sse.index_add_(0, lab[inside].cpu(), err[:, inside].T.cpu())
+        count += torch.bincount(lab[inside].cpu(), minlength=R).double()
+        total += lab.numel()
     rows = []
     for r in range(R):
         if count[r] == 0:
