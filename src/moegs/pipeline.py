@@ -15,10 +15,9 @@ from pathlib import Path
 import torch
 
 from . import io
-from .data import DataConfig, Scene, load_scene
-from .data import synthetic
+from .data import DataConfig, Scene, load_scene, synthetic
 from .experts import ExpertConfig, expert_config
-from .moe import MoEConfig, load_mixture, oracle_headroom, region_psnr, train_mixture
+from .moe import Mixture, MoEConfig, load_mixture, oracle_headroom, region_psnr, train_mixture
 from .moe.evaluate import ORACLE_BLOCKS
 from .moe.build import spaced_views
 from .moe.efficiency import efficiency_table, format_efficiency_table
@@ -229,7 +228,7 @@ def _report(scene: Scene, config: PipelineConfig, rows: dict, moe_summary: dict,
             "figures": figures, "video": video.relative_to(out).as_posix()}
 
 
-def _regions(mixture, scene: Scene) -> list[dict]:
+def _regions(mixture: Mixture, scene: Scene) -> list[dict]:
     """:func:`~moegs.moe.region_psnr` on the test views when ``scene`` is a generated scene (whose components
     label every pixel), else ``[]``."""
     cfg = synthetic.read_config(scene.info["path"]) if scene.info.get("path") else None

@@ -183,12 +183,12 @@ def region_psnr(mixture: Mixture, scene: Scene, views: list[View], labels: Calla
     count = torch.zeros(R, dtype=torch.float64)  # cpu: host-side sums
     total = 0
     for v, out, gt in _renders(mixture, scene, views):
-        lab = labels(v).to(out.color.device).flatten()
+        lab = labels(v).cpu().flatten()
         images = torch.cat([out.color[None], out.expert_colors]).clamp(0, 1)  # [K + 1, H, W, 3]
-        err = ((images - gt) ** 2).mean(-1).flatten(1).double()  # [K + 1, H * W]
+        err = ((images - gt) ** 2).mean(-1).flatten(1).double().cpu()  # [K + 1, H * W]
         inside = lab >= 0
-        sse.index_add_(0, lab[inside].cpu(), err[:, inside].T.cpu())
-        count += torch.bincount(lab[inside].cpu(), minlength=R).double()
+        sse.index_add_(0, lab[inside], err[:, inside].T)
+        count += torch.bincount(lab[inside], minlength=R).double()
         total += lab.numel()
     rows = []
     for r in range(R):
